@@ -1,0 +1,1 @@
+"""hpcsync agents: one OCS agent per sync job, sharing :mod:`hpcsync.agents.core`."""

@@ -1,0 +1,1 @@
+"""What every hpcsync agent shares: subprocesses, ssh/rsync, HTTP, secrets, op state."""

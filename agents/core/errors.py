@@ -1,0 +1,35 @@
+"""The errors that mean "bad input or unreachable service", not "bug".
+
+The CLI prints these as one line naming what was wrong; agent ops turn them into a failed
+op with the same message. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from hpcsync.db.engine import DatabaseError
+
+from .hub import HubError
+from .http import ApiError
+from .localsite import LocalSiteError
+from .process import CommandError
+from .secrets import SecretError
+from .siteconfig import SiteConfigError
+from .ssh import SshConfigError
+
+
+class ConfigError(ValueError):
+    """An agent's configuration (arguments, profile file) is wrong."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ApiError,
+    CommandError,
+    ConfigError,
+    DatabaseError,
+    HubError,
+    LocalSiteError,
+    SecretError,
+    SiteConfigError,
+    SshConfigError,
+    OSError,
+)

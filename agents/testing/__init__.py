@@ -1,0 +1,1 @@
+"""Emulators of remote institutions' services, for tests and demos (like ``socs.testing``)."""

@@ -1,0 +1,343 @@
+"""initial schema for all agents
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-11-23 01:23:52.528420
+"""
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = "0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "agent_runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("agent_class", sa.String(length=64), nullable=False),
+        sa.Column("instance_id", sa.String(length=128), nullable=False),
+        sa.Column("operation", sa.String(length=64), nullable=False),
+        sa.Column("started_at", sa.Double(), nullable=False),
+        sa.Column("finished_at", sa.Double(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("dry_run", sa.Boolean(), nullable=False),
+        sa.Column("message", sa.Text(), nullable=True),
+        sa.Column("summary", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_agent_runs")),
+    )
+    with op.batch_alter_table("agent_runs", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_agent_runs_instance_op_started",
+            ["instance_id", "operation", "started_at"],
+            unique=False,
+        )
+
+    op.create_table(
+        "cloudsync_targets",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("local_dir", sa.Text(), nullable=False),
+        sa.Column("bucket", sa.String(length=255), nullable=False),
+        sa.Column("prefix", sa.Text(), nullable=False),
+        sa.Column("encrypt_patterns", sa.Text(), nullable=True),
+        sa.Column("exclude_patterns", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.Double(), nullable=False),
+        sa.Column("last_push_at", sa.Double(), nullable=True),
+        sa.Column("last_pull_at", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_cloudsync_targets")),
+        sa.UniqueConstraint("name", name=op.f("uq_cloudsync_targets_name")),
+    )
+    op.create_table(
+        "epnalert_alerts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site", sa.String(length=64), nullable=False),
+        sa.Column("epn", sa.String(length=32), nullable=False),
+        sa.Column("first_seen_at", sa.Double(), nullable=False),
+        sa.Column("last_alerted_at", sa.Double(), nullable=True),
+        sa.Column("alert_count", sa.Integer(), nullable=False),
+        sa.Column("recipients", sa.Text(), nullable=True),
+        sa.Column("resolved_at", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_epnalert_alerts")),
+        sa.UniqueConstraint("site", "epn", name="uq_epnalert_alerts_site_epn"),
+    )
+    with op.batch_alter_table("epnalert_alerts", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_epnalert_alerts_site_resolved", ["site", "resolved_at"], unique=False
+        )
+
+    op.create_table(
+        "mpistat_reports",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("report_date", sa.String(length=10), nullable=False),
+        sa.Column("source_digest", sa.String(length=64), nullable=False),
+        sa.Column("source_files", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("started_at", sa.Double(), nullable=False),
+        sa.Column("finished_at", sa.Double(), nullable=True),
+        sa.Column("row_count", sa.Integer(), nullable=True),
+        sa.Column("output_path", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_reports")),
+        sa.UniqueConstraint(
+            "kind",
+            "report_date",
+            "source_digest",
+            name="uq_mpistat_reports_kind_date_digest",
+        ),
+    )
+    op.create_table(
+        "mxsync_epn_transfers",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("site", sa.String(length=64), nullable=False),
+        sa.Column("epn", sa.String(length=32), nullable=False),
+        sa.Column("project", sa.String(length=64), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("started_at", sa.Double(), nullable=True),
+        sa.Column("finished_at", sa.Double(), nullable=True),
+        sa.Column("returncode", sa.Integer(), nullable=True),
+        sa.Column("files_transferred", sa.Integer(), nullable=True),
+        sa.Column("bytes_transferred", sa.BigInteger(), nullable=True),
+        sa.Column("verified", sa.Boolean(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mxsync_epn_transfers")),
+        sa.UniqueConstraint("site", "epn", name="uq_mxsync_epn_transfers_site_epn"),
+    )
+    with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_mxsync_epn_transfers_site_state", ["site", "state"], unique=False
+        )
+
+    op.create_table(
+        "slurmsync_job_pushes",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("target", sa.String(length=64), nullable=False),
+        sa.Column("jobslurmid", sa.String(length=150), nullable=False),
+        sa.Column("account", sa.String(length=150), nullable=True),
+        sa.Column("jobstatus", sa.String(length=50), nullable=True),
+        sa.Column("amount", sa.Numeric(precision=11, scale=2), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("payload_hash", sa.String(length=64), nullable=True),
+        sa.Column("pushed_hash", sa.String(length=64), nullable=True),
+        sa.Column("attempted_at", sa.Double(), nullable=True),
+        sa.Column("pushed_at", sa.Double(), nullable=True),
+        sa.Column("http_status", sa.Integer(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_slurmsync_job_pushes")),
+        sa.UniqueConstraint(
+            "target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"
+        ),
+    )
+    with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_slurmsync_job_pushes_target_state", ["target", "state"], unique=False
+        )
+
+    op.create_table(
+        "suprsync_files",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("archive_name", sa.String(length=64), nullable=False),
+        sa.Column("local_path", sa.Text(), nullable=False),
+        sa.Column("remote_path", sa.Text(), nullable=False),
+        sa.Column("remote_path_hash", sa.String(length=40), nullable=False),
+        sa.Column("timecode", sa.Integer(), nullable=True),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("local_md5sum", sa.String(length=32), nullable=True),
+        sa.Column("local_size", sa.BigInteger(), nullable=True),
+        sa.Column("local_mtime", sa.Double(), nullable=True),
+        sa.Column("registered_at", sa.Double(), nullable=False),
+        sa.Column("remote_md5sum", sa.String(length=32), nullable=True),
+        sa.Column("copied_at", sa.Double(), nullable=True),
+        sa.Column("removed_at", sa.Double(), nullable=True),
+        sa.Column("failed_copy_attempts", sa.Integer(), nullable=False),
+        sa.Column("last_attempt_at", sa.Double(), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("deletable", sa.Boolean(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_suprsync_files")),
+        sa.UniqueConstraint(
+            "archive_name", "remote_path_hash", name="uq_suprsync_files_archive_remote"
+        ),
+    )
+    with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_suprsync_files_archive_status_copied",
+            ["archive_name", "status", "copied_at"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_suprsync_files_archive_status_id",
+            ["archive_name", "status", "id"],
+            unique=False,
+        )
+        batch_op.create_index(
+            "ix_suprsync_files_archive_timecode_status",
+            ["archive_name", "timecode", "status"],
+            unique=False,
+        )
+
+    op.create_table(
+        "sync_cursors",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("scope", sa.String(length=128), nullable=False),
+        sa.Column("name", sa.String(length=128), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.Column("updated_at", sa.Double(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_sync_cursors")),
+        sa.UniqueConstraint("scope", "name", name="uq_sync_cursors_scope_name"),
+    )
+    op.create_table(
+        "cloudsync_objects",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("target_id", sa.Integer(), nullable=False),
+        sa.Column("relpath", sa.Text(), nullable=False),
+        sa.Column("relpath_hash", sa.String(length=40), nullable=False),
+        sa.Column("size", sa.BigInteger(), nullable=False),
+        sa.Column("mtime", sa.Double(), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("etag", sa.String(length=80), nullable=True),
+        sa.Column("mode", sa.Integer(), nullable=True),
+        sa.Column("owner", sa.String(length=64), nullable=True),
+        sa.Column("group", sa.String(length=64), nullable=True),
+        sa.Column("encrypted", sa.Boolean(), nullable=False),
+        sa.Column("pushed_at", sa.Double(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["target_id"],
+            ["cloudsync_targets.id"],
+            name=op.f("fk_cloudsync_objects_target_id_cloudsync_targets"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_cloudsync_objects")),
+        sa.UniqueConstraint(
+            "target_id", "relpath_hash", name="uq_cloudsync_objects_target_path"
+        ),
+    )
+    op.create_table(
+        "mpistat_directory_usage",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("report_id", sa.Integer(), nullable=False),
+        sa.Column("volume", sa.String(length=64), nullable=False),
+        sa.Column("project", sa.String(length=255), nullable=True),
+        sa.Column("directory_path", sa.Text(), nullable=False),
+        sa.Column("num_files", sa.BigInteger(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("last_modified_days", sa.Double(), nullable=True),
+        sa.Column("pi", sa.String(length=255), nullable=True),
+        sa.Column("group_name", sa.String(length=255), nullable=True),
+        sa.Column("category_bytes", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["report_id"],
+            ["mpistat_reports.id"],
+            name=op.f("fk_mpistat_directory_usage_report_id_mpistat_reports"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_directory_usage")),
+    )
+    with op.batch_alter_table("mpistat_directory_usage", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_mpistat_directory_usage_report_volume",
+            ["report_id", "volume"],
+            unique=False,
+        )
+
+    op.create_table(
+        "mpistat_group_usage",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("report_id", sa.Integer(), nullable=False),
+        sa.Column("volume", sa.String(length=64), nullable=False),
+        sa.Column("gid", sa.BigInteger(), nullable=False),
+        sa.Column("group_name", sa.String(length=255), nullable=True),
+        sa.Column("pi", sa.String(length=255), nullable=True),
+        sa.Column("used_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("quota_bytes", sa.BigInteger(), nullable=True),
+        sa.Column("last_modified_days", sa.Double(), nullable=True),
+        sa.Column("archived_dirs", sa.Text(), nullable=True),
+        sa.Column("is_humgen", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["report_id"],
+            ["mpistat_reports.id"],
+            name=op.f("fk_mpistat_group_usage_report_id_mpistat_reports"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_group_usage")),
+    )
+    with op.batch_alter_table("mpistat_group_usage", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_mpistat_group_usage_report_volume_gid",
+            ["report_id", "volume", "gid"],
+            unique=False,
+        )
+
+    op.create_table(
+        "suprsync_timecode_dirs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("archive_name", sa.String(length=64), nullable=False),
+        sa.Column("timecode", sa.Integer(), nullable=False),
+        sa.Column("completed", sa.Boolean(), nullable=False),
+        sa.Column("synced", sa.Boolean(), nullable=False),
+        sa.Column("finalized", sa.Boolean(), nullable=False),
+        sa.Column("finalized_at", sa.Double(), nullable=True),
+        sa.Column("finalize_file_id", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["finalize_file_id"],
+            ["suprsync_files.id"],
+            name=op.f("fk_suprsync_timecode_dirs_finalize_file_id_suprsync_files"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_suprsync_timecode_dirs")),
+        sa.UniqueConstraint(
+            "archive_name", "timecode", name="uq_suprsync_timecode_dirs_archive_tc"
+        ),
+    )
+    with op.batch_alter_table("suprsync_timecode_dirs", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_suprsync_timecode_dirs_archive_finalized",
+            ["archive_name", "finalized", "timecode"],
+            unique=False,
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("suprsync_timecode_dirs", schema=None) as batch_op:
+        batch_op.drop_index("ix_suprsync_timecode_dirs_archive_finalized")
+
+    op.drop_table("suprsync_timecode_dirs")
+    with op.batch_alter_table("mpistat_group_usage", schema=None) as batch_op:
+        batch_op.drop_index("ix_mpistat_group_usage_report_volume_gid")
+
+    op.drop_table("mpistat_group_usage")
+    with op.batch_alter_table("mpistat_directory_usage", schema=None) as batch_op:
+        batch_op.drop_index("ix_mpistat_directory_usage_report_volume")
+
+    op.drop_table("mpistat_directory_usage")
+    op.drop_table("cloudsync_objects")
+    op.drop_table("sync_cursors")
+    with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
+        batch_op.drop_index("ix_suprsync_files_archive_timecode_status")
+        batch_op.drop_index("ix_suprsync_files_archive_status_id")
+        batch_op.drop_index("ix_suprsync_files_archive_status_copied")
+
+    op.drop_table("suprsync_files")
+    with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
+        batch_op.drop_index("ix_slurmsync_job_pushes_target_state")
+
+    op.drop_table("slurmsync_job_pushes")
+    with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
+        batch_op.drop_index("ix_mxsync_epn_transfers_site_state")
+
+    op.drop_table("mxsync_epn_transfers")
+    op.drop_table("mpistat_reports")
+    with op.batch_alter_table("epnalert_alerts", schema=None) as batch_op:
+        batch_op.drop_index("ix_epnalert_alerts_site_resolved")
+
+    op.drop_table("epnalert_alerts")
+    op.drop_table("cloudsync_targets")
+    with op.batch_alter_table("agent_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_agent_runs_instance_op_started")
+
+    op.drop_table("agent_runs")

@@ -1,0 +1,40 @@
+"""SlurmSync: the ledger of jobs pushed to a ColdFront/myBRC/myLRC API.
+
+One row per (target, job). ``payload_hash`` is the hash of the payload last prepared for
+the job and ``pushed_hash`` the one the API last accepted: a job is pushed again only when
+they differ. The intent (``state='pushing'``) is committed before the PUT and the outcome
+after it; since the API's PUT is an upsert that adjusts usage by the difference between the
+new and old amounts, repeating a PUT whose outcome was lost charges nothing twice.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import Double, Index, Integer, Numeric, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base
+
+
+class SlurmJobPush(Base):
+    __tablename__ = "slurmsync_job_pushes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str] = mapped_column(String(64))
+    jobslurmid: Mapped[str] = mapped_column(String(150))
+    account: Mapped[str | None] = mapped_column(String(150))
+    jobstatus: Mapped[str | None] = mapped_column(String(50))
+    amount: Mapped[Decimal | None] = mapped_column(Numeric(11, 2))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    payload_hash: Mapped[str | None] = mapped_column(String(64))
+    pushed_hash: Mapped[str | None] = mapped_column(String(64))
+    attempted_at: Mapped[float | None] = mapped_column(Double)
+    pushed_at: Mapped[float | None] = mapped_column(Double)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        UniqueConstraint("target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"),
+        Index("ix_slurmsync_job_pushes_target_state", "target", "state"),
+    )

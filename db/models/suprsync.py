@@ -1,0 +1,64 @@
+"""SupRsync: registered files and timecode directories.
+
+A file row moves ``pending`` -> ``copied`` (remote md5 verified) -> ``removed`` (local copy
+deleted), or to ``failed`` (attempt limit reached), ``ignored`` (by an operator) or
+``missing`` (local file vanished before it was copied). The loop's queries select by
+``(archive_name, status)`` and never scan finished rows.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, Double, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base
+
+FILE_STATES = ("pending", "copied", "removed", "failed", "ignored", "missing")
+
+
+class SupRsyncFile(Base):
+    __tablename__ = "suprsync_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_name: Mapped[str] = mapped_column(String(64))
+    local_path: Mapped[str] = mapped_column(Text)
+    remote_path: Mapped[str] = mapped_column(Text)
+    remote_path_hash: Mapped[str] = mapped_column(String(40))
+    timecode: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    local_md5sum: Mapped[str | None] = mapped_column(String(32))
+    local_size: Mapped[int | None] = mapped_column(BigInteger)
+    local_mtime: Mapped[float | None] = mapped_column(Double)
+    registered_at: Mapped[float] = mapped_column(Double)
+    remote_md5sum: Mapped[str | None] = mapped_column(String(32))
+    copied_at: Mapped[float | None] = mapped_column(Double)
+    removed_at: Mapped[float | None] = mapped_column(Double)
+    failed_copy_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_attempt_at: Mapped[float | None] = mapped_column(Double)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    deletable: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    __table_args__ = (
+        UniqueConstraint("archive_name", "remote_path_hash", name="uq_suprsync_files_archive_remote"),
+        Index("ix_suprsync_files_archive_status_id", "archive_name", "status", "id"),
+        Index("ix_suprsync_files_archive_status_copied", "archive_name", "status", "copied_at"),
+        Index("ix_suprsync_files_archive_timecode_status", "archive_name", "timecode", "status"),
+    )
+
+
+class TimecodeDir(Base):
+    __tablename__ = "suprsync_timecode_dirs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    archive_name: Mapped[str] = mapped_column(String(64))
+    timecode: Mapped[int] = mapped_column(Integer)
+    completed: Mapped[bool] = mapped_column(Boolean, default=False)
+    synced: Mapped[bool] = mapped_column(Boolean, default=False)
+    finalized: Mapped[bool] = mapped_column(Boolean, default=False)
+    finalized_at: Mapped[float | None] = mapped_column(Double)
+    finalize_file_id: Mapped[int | None] = mapped_column(ForeignKey("suprsync_files.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        UniqueConstraint("archive_name", "timecode", name="uq_suprsync_timecode_dirs_archive_tc"),
+        Index("ix_suprsync_timecode_dirs_archive_finalized", "archive_name", "finalized", "timecode"),
+    )

@@ -1,0 +1,69 @@
+"""hpcsync: an OCS agent suite for HPC and observatory data/accounting sync jobs.
+
+The repository keeps the design card's top level (``agents/``, ``db/``); this file maps
+them into one import package, ``hpcsync``: ``hpcsync.agents`` <- ``agents/`` and
+``hpcsync.db`` <- ``db/``. ``hpcsync`` itself is a namespace package.
+"""
+
+from setuptools import setup
+
+
+def _subpackages(root, prefix):
+    import os
+
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
+        if "__init__.py" in filenames:
+            rel = os.path.relpath(dirpath, root)
+            found.append(prefix if rel == "." else prefix + "." + rel.replace(os.sep, "."))
+    return found
+
+
+packages = _subpackages("agents", "hpcsync.agents") + _subpackages("db", "hpcsync.db")
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-twisted>=1.14",
+    "pytest-timeout>=2.3",
+    "psycopg[binary]>=3.1",
+    "pymysql>=1.1",
+    "ruff>=0.6",
+]
+DOCS_REQUIRES = ["sphinx>=7", "sphinx-argparse>=0.4"]
+
+setup(
+    name="hpcsync",
+    version="0.1.0",
+    description="OCS agents for HPC and observatory data and accounting sync jobs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"hpcsync.agents": "agents", "hpcsync.db": "db"},
+    package_data={"hpcsync.db": ["migrations/*.py", "migrations/versions/*.py"]},
+    install_requires=[
+        "ocs>=0.12",
+        "twisted",
+        "autobahn",
+        "sqlalchemy>=2.0",
+        "alembic>=1.13",
+        "paramiko>=3",
+        "pyyaml>=6",
+        "requests>=2.28",
+        "ldap3>=2.9",
+        "python-hostlist>=1.23",
+        "jinja2>=3",
+    ],
+    extras_require={
+        "test": TEST_REQUIRES,
+        "docs": DOCS_REQUIRES,
+        "postgres": ["psycopg[binary]>=3.1"],
+        "mysql": ["pymysql>=1.1"],
+    },
+    entry_points={
+        "console_scripts": ["hpcsync = hpcsync.agents.cli:main"],
+        "ocs.plugins": ["hpcsync = hpcsync.agents.plugin"],
+    },
+)
