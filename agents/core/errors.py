@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from hpcsync.db.engine import DatabaseError
 
-from .hub import HubError
 from .http import ApiError
+from .hub import HubError
 from .localsite import LocalSiteError
 from .process import CommandError
 from .secrets import SecretError

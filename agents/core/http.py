@@ -132,7 +132,9 @@ class ApiClient:
         resp = self.request("GET", path, params=params)
         return _json(resp)
 
-    def paginate(self, path: str, params: Mapping[str, Any] | None = None, *, max_pages: int | None = None) -> Iterator[dict]:
+    def paginate(
+        self, path: str, params: Mapping[str, Any] | None = None, *, max_pages: int | None = None
+    ) -> Iterator[dict]:
         """Yield every page of a DRF page-number-paginated list, following ``next``.
 
         Each page is fetched exactly once. ``max_pages`` bounds a run; when it stops early

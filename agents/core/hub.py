@@ -96,9 +96,7 @@ def find_crossbar() -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    raise HubError(
-        "crossbar is not installed: run ./install.sh, or set HPCSYNC_CROSSBAR to the crossbar program"
-    )
+    raise HubError("crossbar is not installed: run ./install.sh, or set HPCSYNC_CROSSBAR to the crossbar program")
 
 
 def info_url(interface: str, port: int) -> str:

@@ -107,7 +107,10 @@ class LocalSite:
             if proc.poll() is not None or not ok:
                 state = f"exited with status {proc.poll()}" if proc.poll() is not None else "did not register"
                 failed.append(iid)
-                print(f"{iid}: {state}; see {self.logs / (iid + '.log')}:\n{hub._tail(self.logs / (iid + '.log'))}", file=out)
+                print(
+                    f"{iid}: {state}; see {self.logs / (iid + '.log')}:\n{hub._tail(self.logs / (iid + '.log'))}",
+                    file=out,
+                )
             else:
                 print(f"{iid}: up (pid {proc.pid}, registered in {time.monotonic() - started:.1f} s)", file=out)
         if failed:

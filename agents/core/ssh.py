@@ -43,13 +43,11 @@ class SshOptions:
     def __post_init__(self) -> None:
         if not _HOST_RE.match(self.destination or ""):
             raise SshConfigError(
-                f"ssh host {self.destination!r} is not of the form [user@]host "
-                "(no spaces, slashes or options)"
+                f"ssh host {self.destination!r} is not of the form [user@]host (no spaces, slashes or options)"
             )
         if self.host_key_checking not in HOST_KEY_POLICIES:
             raise SshConfigError(
-                f"host key checking {self.host_key_checking!r} is not one of "
-                f"{', '.join(HOST_KEY_POLICIES)}"
+                f"host key checking {self.host_key_checking!r} is not one of {', '.join(HOST_KEY_POLICIES)}"
             )
         if self.port is not None and not 0 < int(self.port) < 65536:
             raise SshConfigError(f"ssh port {self.port!r} is not between 1 and 65535")

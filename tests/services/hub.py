@@ -72,7 +72,9 @@ class Hub:
 
     def add_instance(self, agent_class: str, instance_id: str, arguments: list[str] | None = None) -> None:
         self.instances = [i for i in self.instances if i["instance-id"] != instance_id]
-        self.instances.append({"agent-class": agent_class, "instance-id": instance_id, "arguments": list(arguments or [])})
+        self.instances.append(
+            {"agent-class": agent_class, "instance-id": instance_id, "arguments": list(arguments or [])}
+        )
         self.write_site_config()
 
     def start_agent(

@@ -5,9 +5,8 @@ Revises:
 Create Date: 2026-11-23 01:23:52.528420
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = "0001"
 down_revision = None
@@ -66,9 +65,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("site", "epn", name="uq_epnalert_alerts_site_epn"),
     )
     with op.batch_alter_table("epnalert_alerts", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_epnalert_alerts_site_resolved", ["site", "resolved_at"], unique=False
-        )
+        batch_op.create_index("ix_epnalert_alerts_site_resolved", ["site", "resolved_at"], unique=False)
 
     op.create_table(
         "mpistat_reports",
@@ -110,9 +107,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("site", "epn", name="uq_mxsync_epn_transfers_site_epn"),
     )
     with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_mxsync_epn_transfers_site_state", ["site", "state"], unique=False
-        )
+        batch_op.create_index("ix_mxsync_epn_transfers_site_state", ["site", "state"], unique=False)
 
     op.create_table(
         "slurmsync_job_pushes",
@@ -130,14 +125,10 @@ def upgrade() -> None:
         sa.Column("http_status", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_slurmsync_job_pushes")),
-        sa.UniqueConstraint(
-            "target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"
-        ),
+        sa.UniqueConstraint("target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"),
     )
     with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_slurmsync_job_pushes_target_state", ["target", "state"], unique=False
-        )
+        batch_op.create_index("ix_slurmsync_job_pushes_target_state", ["target", "state"], unique=False)
 
     op.create_table(
         "suprsync_files",
@@ -160,9 +151,7 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("deletable", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_suprsync_files")),
-        sa.UniqueConstraint(
-            "archive_name", "remote_path_hash", name="uq_suprsync_files_archive_remote"
-        ),
+        sa.UniqueConstraint("archive_name", "remote_path_hash", name="uq_suprsync_files_archive_remote"),
     )
     with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
         batch_op.create_index(
@@ -213,9 +202,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_cloudsync_objects")),
-        sa.UniqueConstraint(
-            "target_id", "relpath_hash", name="uq_cloudsync_objects_target_path"
-        ),
+        sa.UniqueConstraint("target_id", "relpath_hash", name="uq_cloudsync_objects_target_path"),
     )
     op.create_table(
         "mpistat_directory_usage",
@@ -290,9 +277,7 @@ def upgrade() -> None:
             ondelete="SET NULL",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_suprsync_timecode_dirs")),
-        sa.UniqueConstraint(
-            "archive_name", "timecode", name="uq_suprsync_timecode_dirs_archive_tc"
-        ),
+        sa.UniqueConstraint("archive_name", "timecode", name="uq_suprsync_timecode_dirs_archive_tc"),
     )
     with op.batch_alter_table("suprsync_timecode_dirs", schema=None) as batch_op:
         batch_op.create_index(
