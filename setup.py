@@ -5,6 +5,8 @@ them into one import package, ``hpcsync``: ``hpcsync.agents`` <- ``agents/`` and
 ``hpcsync.db`` <- ``db/``. ``hpcsync`` itself is a namespace package.
 """
 
+from pathlib import Path
+
 from setuptools import setup
 
 
@@ -36,7 +38,7 @@ setup(
     name="hpcsync",
     version="0.1.0",
     description="OCS agents for HPC and observatory data and accounting sync jobs",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",

@@ -53,6 +53,12 @@ def test_remote_command_quotes_every_word():
 
 
 @pytest.mark.integration
+def _client_options(sshd, known_hosts) -> SshOptions:
+    return SshOptions(
+        sshd.shell_destination, port=sshd.port, key_file=str(sshd.client_key), known_hosts_file=str(known_hosts)
+    )
+
+
 def test_hostile_names_survive_ssh_and_rsync(sshd, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -73,10 +79,8 @@ def test_hostile_names_survive_ssh_and_rsync(sshd, tmp_path):
 def test_unknown_host_key_is_refused(sshd, tmp_path):
     empty = tmp_path / "known_hosts"
     empty.write_text("")
-    opts = SshOptions(
-        sshd.shell_destination, port=sshd.port, key_file=str(sshd.client_key), known_hosts_file=str(empty)
-    )
-    with pytest.raises(CommandError, match="(?i)host key"):
+    opts = _client_options(sshd, empty)
+    with pytest.raises(CommandError, match=r"(?i)host key"):
         run_command(opts.ssh_argv(["true"]), timeout=30)
 
 

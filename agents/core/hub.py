@@ -136,13 +136,13 @@ def start_crossbar(
     if not ready:
         code = proc.poll()
         daemon.stop(proc.pid, timeout=3)
-        tail = _tail(log_path)
+        last_lines = tail(log_path)
         state = f"exited with status {code}" if code is not None else f"not ready after {ready_timeout:g} s"
-        raise HubError(f"crossbar {state}; last log lines:\n{tail}")
+        raise HubError(f"crossbar {state}; last log lines:\n{last_lines}")
     return proc.pid
 
 
-def _tail(path: str | os.PathLike, lines: int = 15) -> str:
+def tail(path: str | os.PathLike, lines: int = 15) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
     except OSError:

@@ -81,10 +81,8 @@ class LocalSite:
                 log_path=self.logs / "crossbar.log",
                 pidfile=self.pidfile("crossbar"),
             )
-            print(
-                f"hub: started crossbar on {self.site.hub_url} (pid {pid}, ready in {time.monotonic() - started:.1f} s)",
-                file=out,
-            )
+            took = time.monotonic() - started
+            print(f"hub: started crossbar on {self.site.hub_url} (pid {pid}, ready in {took:.1f} s)", file=out)
         wanted = [i for i in self.instances() if not only or i.instance_id in only]
         unknown = set(only or ()) - {i.instance_id for i in wanted}
         if unknown:
@@ -99,22 +97,24 @@ class LocalSite:
         failed = []
         for iid, proc in spawned.items():
             started = time.monotonic()
-            ok = daemon.wait_until(
-                lambda: proc.poll() is not None or bool(agent_api(self.site, iid, timeout=2)),
-                AGENT_READY_TIMEOUT,
-                0.2,
-            )
+            ok = daemon.wait_until(lambda p=proc, i=iid: self._registered(p, i), AGENT_READY_TIMEOUT, 0.2)
             if proc.poll() is not None or not ok:
                 state = f"exited with status {proc.poll()}" if proc.poll() is not None else "did not register"
                 failed.append(iid)
-                print(
-                    f"{iid}: {state}; see {self.logs / (iid + '.log')}:\n{hub._tail(self.logs / (iid + '.log'))}",
-                    file=out,
-                )
+                log = self.logs / f"{iid}.log"
+                print(f"{iid}: {state}; see {log}:\n{hub.tail(log)}", file=out)
             else:
                 print(f"{iid}: up (pid {proc.pid}, registered in {time.monotonic() - started:.1f} s)", file=out)
         if failed:
             raise LocalSiteError(f"{len(failed)} agent(s) failed to start: {', '.join(failed)}")
+
+    def _registered(self, proc, instance_id: str) -> bool:
+        # An agent that exited will never register: stop waiting for it.
+        return proc.poll() is not None or bool(agent_api(self.site, instance_id, timeout=2))
+
+    def _registered(self, proc, instance_id: str) -> bool:
+        # An agent that exited will never register: stop waiting for it.
+        return proc.poll() is not None or bool(agent_api(self.site, instance_id, timeout=2))
 
     def _spawn_agent(self, inst: AgentInstance):
         argv = [
