@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,10 @@ def url_from_path_or_url(value: str) -> str:
     return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
+def _mask_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # pysqlite's own transaction handling would issue a deferred BEGIN; we issue ours.
     dbapi_conn.isolation_level = None
@@ -67,8 +72,8 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, max_overflo
     """Create an engine for ``url`` with hpcsync's connection settings."""
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
-        raise DatabaseError(f"database URL {url!r} is malformed: {exc}") from None
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseError(f"database URL {_mask_password(url)!r} is malformed: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if database and database != ":memory:":

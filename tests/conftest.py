@@ -7,6 +7,10 @@ that need it; nothing is skipped.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from services.hub import start_hub
@@ -24,15 +28,34 @@ def hub(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory):
-    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+def service_dir():
+    """Make a directory for a service that runs as its own user (postgres, mysql, slurm).
+
+    pytest's temp root is private to root (0700), which those users cannot enter; these
+    directories live under one world-traversable root removed at the end of the session.
+    """
+    root = Path(tempfile.mkdtemp(prefix="hpcsync-services-"))
+    root.chmod(0o755)
+
+    def make(name: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+        path.chmod(0o755)
+        return path
+
+    yield make
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(service_dir):
+    server = start_postgres(service_dir("postgres"))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def mariadb(tmp_path_factory):
-    server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+def mariadb(service_dir):
+    server = start_mariadb(service_dir("mariadb"))
     yield server
     server.stop()
 

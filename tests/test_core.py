@@ -1,0 +1,309 @@
+"""Agent core: subprocess runner, HTTP client, secrets, op state, site configs, hub config."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hpcsync.agents.core.daemon import pid_alive
+from hpcsync.agents.core.http import ApiAuthError, ApiClient, ApiError, ApiUnavailable
+from hpcsync.agents.core.hub import crossbar_config
+from hpcsync.agents.core.opstate import MAX_TEXT, OpState, StopFlag, json_safe
+from hpcsync.agents.core.process import CommandCancelled, CommandError, CommandTimeout, run_command
+from hpcsync.agents.core.secrets import SecretError, load_secret, redact
+from hpcsync.agents.core.siteconfig import SiteConfigError, load_site_config
+
+# -- subprocess runner ----------------------------------------------------------------
+
+
+def test_run_command_captures_output_without_a_shell():
+    result = run_command(["printf", "%s|", "a b", "$HOME", ";rm"])
+    assert result.stdout == "a b|$HOME|;rm|" and result.ok
+
+
+def test_nonzero_exit_names_program_status_and_stderr():
+    with pytest.raises(CommandError, match=r"sh exited with status 3: boom") as info:
+        run_command(["sh", "-c", "echo boom >&2; exit 3"])
+    assert info.value.result.returncode == 3
+
+
+def test_missing_program_is_a_clear_error():
+    with pytest.raises(CommandError, match="cannot run no-such-program-xyz"):
+        run_command(["no-such-program-xyz"])
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    started = time.monotonic()
+    with pytest.raises(CommandTimeout, match="timed out after 0.5 s"):
+        # The grandchild would outlive a plain kill of its parent shell.
+        run_command(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.5)
+    assert time.monotonic() - started < 5
+    time.sleep(0.2)
+    assert not pid_alive(int(pidfile.read_text()))
+
+
+def test_cancel_event_stops_a_command_quickly():
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(CommandCancelled):
+        run_command(["sleep", "30"], cancel=cancel)
+    assert time.monotonic() - started < 2
+
+
+def test_stdin_is_closed_so_prompts_get_eof():
+    result = run_command(["sh", "-c", "read answer; echo got:$answer"], check=False, timeout=10)
+    assert result.stdout.strip() == "got:"
+
+
+# -- HTTP client ------------------------------------------------------------------------
+
+
+class _ScriptedHandler(BaseHTTPRequestHandler):
+    script: list[tuple[int, object]] = []
+    seen: list[tuple[str, str, str | None]] = []
+
+    def _reply(self):
+        self.seen.append((self.command, self.path, self.headers.get("Authorization")))
+        status, body = self.script.pop(0) if self.script else (200, {"ok": True})
+        if status == "hang":
+            time.sleep(body)
+            status, body = 200, {"late": True}
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_PUT = _reply
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def api_server():
+    _ScriptedHandler.script = []
+    _ScriptedHandler.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, _ScriptedHandler
+    server.shutdown()
+    server.server_close()
+
+
+def _client(server, **kw):
+    return ApiClient(f"http://127.0.0.1:{server.server_port}/api/", backoff=0.01, **kw)
+
+
+def test_5xx_is_retried_then_succeeds(api_server):
+    server, handler = api_server
+    handler.script = [(503, {}), (502, {}), (200, {"value": 42})]
+    assert _client(server, headers={"Authorization": "Token abc"}).get_json("/thing/") == {"value": 42}
+    assert len(handler.seen) == 3 and handler.seen[0][2] == "Token abc"
+    assert handler.seen[0][1] == "/api/thing/"  # no doubled slash
+
+
+def test_retries_are_bounded(api_server):
+    server, handler = api_server
+    handler.script = [(500, {})] * 10
+    with pytest.raises(ApiUnavailable, match="gave up after 3 tries: HTTP 500"):
+        _client(server, retries=2).get_json("x/")
+    assert len(handler.seen) == 3
+
+
+def test_401_is_an_auth_error_without_retry_and_without_the_token(api_server):
+    server, handler = api_server
+    handler.script = [(401, {"detail": "Invalid token."})]
+    with pytest.raises(ApiAuthError, match="HTTP 401") as info:
+        _client(server, headers={"Authorization": "Token sekrit"}).get_json("x/?access_token=sekrit")
+    assert "sekrit" not in str(info.value)
+    assert len(handler.seen) == 1
+
+
+def test_4xx_shows_the_api_message(api_server):
+    server, handler = api_server
+    handler.script = [(400, {"amount": ["Ensure this value is less than or equal to 100000000."]})]
+    with pytest.raises(ApiError, match="HTTP 400.*less than or equal"):
+        _client(server).request("PUT", "jobs/1/", data={"amount": "1e12"})
+
+
+def test_timeouts_are_retried(api_server):
+    server, handler = api_server
+    handler.script = [("hang", 1.0), (200, {"fine": 1})]
+    assert _client(server, timeout=0.3).get_json("slow/") == {"fine": 1}
+
+
+def test_non_json_answer_is_a_clear_error(api_server):
+    server, handler = api_server
+    handler.script = [(200, b"<html>proxy error</html>")]
+    with pytest.raises(ApiError, match="not JSON: <html>proxy error"):
+        _client(server).get_json("x/")
+
+
+def test_pagination_follows_next_once_per_page(api_server):
+    server, handler = api_server
+    base = f"http://127.0.0.1:{server.server_port}/api/items/"
+    handler.script = [
+        (200, {"count": 3, "next": base + "?page=2", "results": [1]}),
+        (200, {"count": 3, "next": base + "?page=3", "results": [2]}),
+        (200, {"count": 3, "next": None, "results": [3]}),
+    ]
+    pages = list(_client(server).paginate("items/"))
+    assert [p["results"] for p in pages] == [[1], [2], [3]]
+    assert [s[1] for s in handler.seen] == ["/api/items/", "/api/items/?page=2", "/api/items/?page=3"]
+
+
+def test_pagination_stops_at_max_pages_with_the_resume_link(api_server):
+    server, handler = api_server
+    base = f"http://127.0.0.1:{server.server_port}/api/items/"
+    handler.script = [(200, {"count": 9, "next": base + f"?page={n + 1}", "results": [n]}) for n in range(1, 4)]
+    pages = list(_client(server).paginate("items/", max_pages=2))
+    assert len(pages) == 2 and pages[-1]["next"].endswith("?page=3")
+
+
+# -- secrets ----------------------------------------------------------------------------
+
+
+def test_secret_from_file_is_stripped_and_never_printed(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("Token abc123\n")
+    path.chmod(0o600)
+    secret = load_secret(f"file:{path}", what="API token")
+    assert secret.reveal() == "Token abc123"
+    assert "abc123" not in repr(secret) and "abc123" not in str(secret) and str(path) in repr(secret)
+    assert redact("header was Token abc123", secret) == "header was ***"
+
+
+def test_secret_from_environment(monkeypatch):
+    monkeypatch.setenv("HPCSYNC_TEST_TOKEN", "xyz")
+    assert load_secret("env:HPCSYNC_TEST_TOKEN").reveal() == "xyz"
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [("file:/nonexistent/token", "does not exist"), ("env:HPCSYNC_UNSET_VAR", "is not set"), ("", "no secret given")],
+)
+def test_secret_errors_name_the_reference(reference, message):
+    with pytest.raises(SecretError, match=message):
+        load_secret(reference)
+
+
+def test_empty_secret_file_is_refused(tmp_path):
+    (tmp_path / "t").write_text("  \n")
+    with pytest.raises(SecretError, match="is empty"):
+        load_secret(str(tmp_path / "t"))
+
+
+# -- op state ---------------------------------------------------------------------------
+
+
+class _Session:
+    data: dict = {}
+    degraded = False
+
+
+def test_opstate_keeps_session_data_small_safe_and_timestamped():
+    session = _Session()
+    state = OpState(session, activity="idle")
+    state.update(progress={"done": 3, "rate": float("nan")}, log="x" * 10_000, items=list(range(1000)))
+    state.count("copies", 5)
+    state.error("remote unreachable", counter="errors_ssh")
+    data = session.data
+    assert data["activity"] == "idle" and data["progress"] == {"done": 3, "rate": None}
+    assert len(data["log"]) == MAX_TEXT and len(data["items"]) == 50
+    assert data["counters"] == {"copies": 5, "errors_ssh": 1}
+    assert data["last_error"]["message"] == "remote unreachable"
+    assert session.degraded is True and time.time() - data["timestamp"] < 5
+    json.dumps(data, allow_nan=False)
+    state.recovered()
+    assert session.degraded is False
+
+
+def test_json_safe_handles_odd_values():
+    assert json_safe({"t": (1, 2), 3: float("inf")}) == {"t": [1, 2], "3": None}
+
+
+def test_stop_flag_wakes_a_sleep_at_once():
+    flag = StopFlag()
+    threading.Timer(0.1, flag.stop).start()
+    started = time.monotonic()
+    assert flag.sleep(30) is True
+    assert time.monotonic() - started < 2
+
+
+# -- site config and hub config ---------------------------------------------------------
+
+SITE = """
+hub:
+  wamp_server: ws://127.0.0.1:18001/ws
+  wamp_http: http://127.0.0.1:18001/call
+  wamp_realm: test_realm
+  address_root: observatory
+hosts:
+  localhost:
+    agent-instances:
+      - {agent-class: SupRsync, instance-id: smurf-sync, arguments: [[--archive-name, smurf], ['--sleep-time', 5]]}
+"""
+
+
+def test_site_config_is_read_and_arguments_flattened(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE)
+    site = load_site_config(path)
+    (inst,) = site.instances()
+    assert inst.arguments == ["--archive-name", "smurf", "--sleep-time", "5"]
+    assert site.hub_port == 18001 and site.hub_interface == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("instance-id: smurf-sync", "instance-id: smurf.sync"), "may hold only"),
+        (("wamp_realm: test_realm", "wamp_realm: ''"), "hub.wamp_realm"),
+        (("ws://127.0.0.1", "http://127.0.0.1"), "ws:// URL"),
+        (("arguments: [[--archive-name, smurf], ['--sleep-time', 5]]", "arguments: --archive-name"), "must be a list"),
+        (("hosts:", "hosts: [\n"), "not valid YAML"),
+    ],
+)
+def test_malformed_site_config_names_the_problem(tmp_path, change, message):
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE.replace(*change))
+    with pytest.raises(SiteConfigError, match=message) as info:
+        load_site_config(path).instances()
+    assert str(path) in str(info.value)
+
+
+def test_duplicate_instance_ids_are_refused(tmp_path):
+    path = tmp_path / "site.yaml"
+    path.write_text(SITE + "  other:\n    agent-instances:\n      - {agent-class: X, instance-id: smurf-sync}\n")
+    with pytest.raises(SiteConfigError, match="used twice"):
+        load_site_config(path)
+
+
+def test_crossbar_config_binds_loopback_and_limits_roles():
+    cfg = crossbar_config(realm="r", address_root="obs", port=1234)
+    transport = cfg["workers"][0]["transports"][0]
+    assert transport["endpoint"] == {"type": "tcp", "port": 1234, "interface": "127.0.0.1"}
+    assert transport["paths"]["ws"]["options"]["auto_ping_size"] >= 12
+    roles = {r["name"]: r["permissions"][0] for r in cfg["workers"][0]["realms"][0]["roles"]}
+    assert roles["iocs_controller"]["allow"]["register"] is False
+    assert all(p["uri"] == "obs." for p in roles.values())
+
+
+def test_no_secret_reaches_argv_of_children(tmp_path, monkeypatch):
+    """Secrets travel by environment or file; a child's argv shows only where they live."""
+    monkeypatch.setenv("HPCSYNC_TEST_TOKEN", "Token very-secret")
+    secret = load_secret("env:HPCSYNC_TEST_TOKEN")
+    result = run_command(["sh", "-c", 'cat /proc/$$/cmdline; echo; printf %s "$HPCSYNC_TEST_TOKEN"'])
+    cmdline, value = result.stdout.split("\n", 1)
+    assert "very-secret" not in cmdline and value == secret.reveal()
+    assert os.environ["HPCSYNC_TEST_TOKEN"] == secret.reveal()

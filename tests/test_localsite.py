@@ -1,0 +1,102 @@
+"""``hpcsync up | status | down`` on a site config, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hpcsync.agents.core.daemon import pid_alive, read_pid
+from services import free_port
+
+pytestmark = pytest.mark.integration
+
+HPCSYNC = [sys.executable, "-m", "hpcsync.agents.cli"]
+
+
+def _site(tmp_path: Path, instances: list[dict]) -> Path:
+    port = free_port()
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "hub": {
+                    "wamp_server": f"ws://127.0.0.1:{port}/ws",
+                    "wamp_http": f"http://127.0.0.1:{port}/call",
+                    "wamp_realm": "test_realm",
+                    "address_root": "observatory",
+                },
+                "hosts": {"localhost": {"agent-instances": instances}},
+            }
+        )
+    )
+    return path
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([*HPCSYNC, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_up_status_down_round_trip(tmp_path):
+    site = _site(
+        tmp_path,
+        [
+            {"agent-class": "BarebonesAgent", "instance-id": "bare-1", "arguments": ["--mode", "idle"]},
+            {"agent-class": "FakeDataAgent", "instance-id": "fake-1", "arguments": ["--mode", "idle"]},
+        ],
+    )
+    run_dir = tmp_path / "run"
+    common = ["--site-file", str(site), "--run-dir", str(run_dir)]
+    try:
+        up = _run("up", *common)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "bare-1: up" in up.stdout and "fake-1: up" in up.stdout
+
+        again = _run("up", *common)
+        assert again.returncode == 0 and "already running" in again.stdout
+
+        status = _run("status", *common, "--json")
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["hub"]["ready"]
+        agents = {a["instance_id"]: a for a in report["agents"]}
+        assert agents["bare-1"]["registered"] and agents["fake-1"]["registered"]
+        assert agents["bare-1"]["ops"]["count"]["kind"] == "process"
+        assert agents["fake-1"]["ops"]["delay_task"]["status"] == "no_history"
+        assert (run_dir / "logs" / "crossbar.log").exists() and (run_dir / "logs" / "fake-1.log").exists()
+
+        text = _run("status", *common).stdout
+        assert "bare-1 [BarebonesAgent]: registered" in text
+        pids = [read_pid(run_dir / "pids" / f"{n}.pid") for n in ("crossbar", "bare-1", "fake-1")]
+    finally:
+        down = _run("down", *common)
+    assert down.returncode == 0, down.stderr
+    assert "hub: stopped crossbar" in down.stdout
+    assert not any(pid_alive(p) for p in pids if p)
+    assert not list((run_dir / "pids").glob("*.pid"))
+    after = _run("status", *common)
+    assert after.returncode == 3 and "not answering" in after.stdout
+
+
+def test_an_agent_that_cannot_start_is_reported_with_its_log(tmp_path):
+    site = _site(tmp_path, [{"agent-class": "BarebonesAgent", "instance-id": "bad-1", "arguments": ["--mode", "x"]}])
+    common = ["--site-file", str(site), "--run-dir", str(tmp_path / "run")]
+    try:
+        up = _run("up", *common)
+        assert up.returncode == 1
+        assert "bad-1: exited" in up.stdout and "invalid choice" in up.stdout
+        assert "1 agent(s) failed to start: bad-1" in up.stderr
+    finally:
+        _run("down", *common)
+
+
+def test_broken_site_config_is_one_clear_line(tmp_path):
+    site = tmp_path / "site.yaml"
+    site.write_text("hub: {}\n")
+    result = _run("up", "--site-file", str(site), "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"hpcsync up: site config {site}: hub.wamp_server must be a non-empty string"
