@@ -1,0 +1,58 @@
+"""What keeps main landable: lint, format, a warning-free docs build, a working registry."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+from hpcsync.agents import plugin
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_ruff_lint_is_clean():
+    result = subprocess.run([BIN / "ruff", "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout
+
+
+def test_ruff_format_is_clean():
+    result = subprocess.run(
+        [BIN / "ruff", "format", "--check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout
+
+
+def test_docs_build_without_warnings(tmp_path):
+    result = subprocess.run(
+        [BIN / "sphinx-build", "-W", "--keep-going", "-q", "-b", "html", "docs", str(tmp_path / "html")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert (tmp_path / "html" / "architecture.html").exists()
+
+
+def test_every_registered_agent_loads_and_has_a_docs_page():
+    for agent_class, entry in plugin.agents.items():
+        module = importlib.import_module(entry["module"])
+        assert callable(getattr(module, entry["entry_point"])), agent_class
+        parser = module.make_parser(None)
+        assert parser.format_help()
+        short = entry["module"].split(".")[-2]
+        assert (ROOT / "docs" / "agents" / f"{short}.rst").exists(), f"{agent_class} has no docs page"
+
+
+def test_ocs_finds_the_hpcsync_plugin():
+    from importlib.metadata import entry_points
+
+    from ocs.agent_cli import build_agent_list
+
+    assert "hpcsync" in {ep.name for ep in entry_points(group="ocs.plugins")}
+    agents = build_agent_list()
+    for agent_class in plugin.agents:
+        assert agents[agent_class]["module"] == plugin.agents[agent_class]["module"]
