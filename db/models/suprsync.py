@@ -2,8 +2,19 @@
 
 A file row moves ``pending`` -> ``copied`` (remote md5 verified) -> ``removed`` (local copy
 deleted), or to ``failed`` (attempt limit reached), ``ignored`` (by an operator) or
-``missing`` (local file vanished before it was copied). The loop's queries select by
-``(archive_name, status)`` and never scan finished rows.
+``missing`` (local file vanished before it was copied, attempt limit reached). The loop's
+queries select by ``(archive_name, status, ...)`` and never scan finished rows:
+
+- ``(archive_name, status, registered_at)``: the next pending batch (oldest first), the
+  oldest unfinished file (``finalized_until``), the newest file per status;
+- ``(archive_name, status, deletable, copied_at)``: files whose delete-after delay has
+  passed, and the most recently copied file;
+- ``(archive_name, timecode, status)``: whether a timecode directory is fully synced.
+
+``local_size``/``local_mtime`` are the local file's size and mtime when ``local_md5sum``
+was computed (or, before that, when it was registered): a file that no longer matches them
+changed after registration and is hashed and sent again (socs#475). ``copied_at`` is the
+time the remote md5 was verified: the delete-after delay counts from it.
 """
 
 from __future__ import annotations
@@ -17,6 +28,8 @@ FILE_STATES = ("pending", "copied", "removed", "failed", "ignored", "missing")
 
 
 class SupRsyncFile(Base):
+    """One registered file of one archive (socs table ``supersync_v0``)."""
+
     __tablename__ = "suprsync_files"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -40,13 +53,15 @@ class SupRsyncFile(Base):
 
     __table_args__ = (
         UniqueConstraint("archive_name", "remote_path_hash", name="uq_suprsync_files_archive_remote"),
-        Index("ix_suprsync_files_archive_status_id", "archive_name", "status", "id"),
-        Index("ix_suprsync_files_archive_status_copied", "archive_name", "status", "copied_at"),
+        Index("ix_suprsync_files_archive_status_registered", "archive_name", "status", "registered_at"),
+        Index("ix_suprsync_files_archive_status_deletable_copied", "archive_name", "status", "deletable", "copied_at"),
         Index("ix_suprsync_files_archive_timecode_status", "archive_name", "timecode", "status"),
     )
 
 
 class TimecodeDir(Base):
+    """A 5-digit timecode directory of one archive: completed, synced, finalized."""
+
     __tablename__ = "suprsync_timecode_dirs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

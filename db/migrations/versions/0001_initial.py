@@ -155,13 +155,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
         batch_op.create_index(
-            "ix_suprsync_files_archive_status_copied",
-            ["archive_name", "status", "copied_at"],
+            "ix_suprsync_files_archive_status_deletable_copied",
+            ["archive_name", "status", "deletable", "copied_at"],
             unique=False,
         )
         batch_op.create_index(
-            "ix_suprsync_files_archive_status_id",
-            ["archive_name", "status", "id"],
+            "ix_suprsync_files_archive_status_registered",
+            ["archive_name", "status", "registered_at"],
             unique=False,
         )
         batch_op.create_index(
@@ -304,8 +304,8 @@ def downgrade() -> None:
     op.drop_table("sync_cursors")
     with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
         batch_op.drop_index("ix_suprsync_files_archive_timecode_status")
-        batch_op.drop_index("ix_suprsync_files_archive_status_id")
-        batch_op.drop_index("ix_suprsync_files_archive_status_copied")
+        batch_op.drop_index("ix_suprsync_files_archive_status_registered")
+        batch_op.drop_index("ix_suprsync_files_archive_status_deletable_copied")
 
     op.drop_table("suprsync_files")
     with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
