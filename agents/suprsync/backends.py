@@ -1,0 +1,315 @@
+"""Transfer backends: put a batch of files under a base directory, and checksum them there.
+
+The copy loop knows nothing about rsync or ssh: it hands a backend a batch of
+``(local_path, remote_path)`` items and asks for the md5 of remote paths, as rclone's sync
+drives any backend. Two backends ship:
+
+- :class:`LocalRsyncBackend`: the destination is a directory on this machine (socs's
+  "no ``--ssh-host``");
+- :class:`SshRsyncBackend`: the destination is ``[user@]host:basedir`` over ssh.
+
+Both send a whole batch with **one** rsync: a temporary tree of symlinks laid out as the
+remote paths, passed NUL-separated with ``--files-from=- --from0`` (no argv limit, any file
+name), ``--copy-links`` to send the targets, ``--protect-args`` so the remote shell never
+sees a name. They verify with **one** ``md5sum`` run through ``xargs -0`` fed on stdin from
+inside the base directory, so a batch of any size never overflows a command line (socs ran
+``md5sum <every path>`` as one argv, which fails at ~5,000 files), and parse its output
+including md5sum's escaping of names with backslashes or newlines.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hpcsync.agents.core.process import CommandCancelled, CommandError, CommandTimeout, run_command
+from hpcsync.agents.core.ssh import SshOptions, rsync_base_argv
+
+log = logging.getLogger("hpcsync.suprsync")
+
+#: rsync's own I/O timeout: a connection that moves no data this long is dropped.
+RSYNC_IO_TIMEOUT = 120
+
+# Run from the base directory, read NUL-separated relative paths on stdin. Exit 111 means
+# the base directory does not exist (nothing was copied there yet).
+_MD5_SCRIPT = 'cd "$1" 2>/dev/null || exit 111; exec xargs -0 -r md5sum --'
+
+
+class RemoteUnreachable(RuntimeError):
+    """The destination could not be reached (ssh failed to connect, or did not answer)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to send: ``local_path`` to ``<basedir>/<remote_path>``."""
+
+    local_path: str
+    remote_path: str
+    size: int = 0
+
+
+@dataclass
+class PutOutcome:
+    """What one batch transfer did. ``ok`` is False when rsync exited non-zero or timed out;
+    the files are then checked one by one, so the good ones still count as copied."""
+
+    ok: bool
+    error: str | None = None
+    timed_out: bool = False
+    returncode: int | None = None
+    elapsed: float = 0.0
+
+
+class Backend(abc.ABC):
+    """A destination for files: put a batch, report md5s of remote paths."""
+
+    basedir: str
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where files go, for logs and session.data (no secrets)."""
+
+    @abc.abstractmethod
+    def put(self, items: Sequence[Item], *, timeout: float, cancel: threading.Event | None = None) -> PutOutcome:
+        """Copy ``items``. Raises :class:`RemoteUnreachable` if the destination cannot be
+        reached, :class:`~hpcsync.agents.core.process.CommandCancelled` on a stop request."""
+
+    @abc.abstractmethod
+    def md5sums(
+        self, remote_paths: Sequence[str], *, timeout: float, cancel: threading.Event | None = None
+    ) -> dict[str, str]:
+        """``{remote_path: md5}`` for those of ``remote_paths`` that exist remotely.
+
+        Raises :class:`RemoteUnreachable` when the destination cannot be asked at all."""
+
+
+class RsyncBackend(Backend):
+    """Shared rsync/md5sum logic; subclasses say how to reach the destination."""
+
+    def __init__(
+        self,
+        basedir: str,
+        *,
+        compress: bool = False,
+        bwlimit: str | None = None,
+        chmod: str | None = None,
+        tmp_root: str | None = None,
+        rsync_program: str = "rsync",
+    ):
+        if not basedir:
+            raise ValueError("the remote base directory is empty")
+        self.basedir = basedir.rstrip("/") or "/"
+        # A relative base dir (the remote home) must not look like an option to cd or rsync.
+        self._safe_basedir = self.basedir if self.basedir.startswith("/") else "./" + self.basedir
+        self.compress = compress
+        self.bwlimit = bwlimit
+        self.chmod = chmod
+        self.tmp_root = tmp_root
+        self.rsync_program = rsync_program
+        # Build once: validates bwlimit/chmod at startup, not at the first batch.
+        self._rsync_head = self._rsync_argv_head()
+
+    # -- what subclasses provide --------------------------------------------------------------
+
+    @property
+    def ssh(self) -> SshOptions | None:
+        return None
+
+    def _dest(self) -> str:
+        return self._safe_basedir + "/"
+
+    def _command_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv that runs ``argv`` where the files are."""
+        return list(argv)
+
+    def _unreachable(self, returncode: int, stderr: str) -> bool:
+        return False
+
+    # -- the two operations -------------------------------------------------------------------
+
+    def _rsync_argv_head(self) -> list[str]:
+        return rsync_base_argv(
+            ssh=self.ssh,
+            compress=self.compress,
+            bwlimit=self.bwlimit,
+            chmod=self.chmod,
+            timeout=RSYNC_IO_TIMEOUT,
+            rsync_program=self.rsync_program,
+            extra=["--copy-links", "--times", "--omit-dir-times", "--files-from=-", "--from0"],
+        )
+
+    def put(self, items, *, timeout, cancel=None) -> PutOutcome:
+        if not items:
+            return PutOutcome(ok=True)
+        tree = tempfile.mkdtemp(prefix="suprsync-batch-", dir=self.tmp_root)
+        try:
+            made: set[str] = set()
+            listing = []
+            for item in items:
+                link = os.path.join(tree, item.remote_path)
+                parent = os.path.dirname(link)
+                if parent not in made:
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
+                os.symlink(item.local_path, link)
+                listing.append(os.fsencode(item.remote_path))
+            argv = [*self._rsync_head, tree + "/", self._dest()]
+            log.debug("rsync of %d files to %s", len(items), self.describe())
+            try:
+                result = run_command(
+                    argv, input=b"\0".join(listing) + b"\0", timeout=timeout, check=False, cancel=cancel
+                )
+            except CommandTimeout as exc:
+                return PutOutcome(ok=False, error=str(exc), timed_out=True, elapsed=timeout)
+            except CommandCancelled:
+                raise
+            except CommandError as exc:  # rsync could not start at all
+                return PutOutcome(ok=False, error=str(exc))
+            if result.returncode == 0:
+                return PutOutcome(ok=True, returncode=0, elapsed=result.elapsed)
+            if self._unreachable(result.returncode, result.stderr):
+                raise RemoteUnreachable(f"{self.describe()} is unreachable: {result.describe()}")
+            return PutOutcome(ok=False, error=result.describe(), returncode=result.returncode, elapsed=result.elapsed)
+        finally:
+            shutil.rmtree(tree, ignore_errors=True)
+
+    def md5sums(self, remote_paths, *, timeout, cancel=None) -> dict[str, str]:
+        if not remote_paths:
+            return {}
+        argv = self._command_argv(["sh", "-c", _MD5_SCRIPT, "suprsync-md5", self._safe_basedir])
+        stdin = b"\0".join(os.fsencode(p) for p in remote_paths) + b"\0"
+        try:
+            result = run_command(argv, input=stdin, timeout=timeout, check=False, cancel=cancel, text=False)
+        except CommandTimeout as exc:
+            raise RemoteUnreachable(f"md5sum on {self.describe()} did not answer: {exc}") from None
+        except CommandCancelled:
+            raise
+        except CommandError as exc:
+            raise RemoteUnreachable(f"cannot run md5sum for {self.describe()}: {exc}") from None
+        stderr = result.stderr.decode("utf-8", "replace")
+        if self._unreachable(result.returncode, stderr):
+            raise RemoteUnreachable(f"{self.describe()} is unreachable: ssh exited with 255: {stderr.strip()[-300:]}")
+        if result.returncode == 111:
+            return {}
+        found = parse_md5sum_output(result.stdout)
+        if result.returncode not in (0, 123) and not found:
+            # 123: xargs saying md5sum failed for some file (missing ones); others are real errors.
+            raise CommandError(f"md5sum on {self.describe()} exited with {result.returncode}: {stderr.strip()[-300:]}")
+        return found
+
+
+class LocalRsyncBackend(RsyncBackend):
+    """Files go to a directory on this machine (rsync without a remote shell)."""
+
+    def describe(self) -> str:
+        return self.basedir
+
+
+class SshRsyncBackend(RsyncBackend):
+    """Files go to ``[user@]host:basedir`` over ssh (batch mode, timeouts, pinned host keys)."""
+
+    def __init__(self, basedir: str, ssh: SshOptions, **kwargs):
+        self._ssh = ssh
+        super().__init__(basedir, **kwargs)
+
+    @property
+    def ssh(self) -> SshOptions:
+        return self._ssh
+
+    def describe(self) -> str:
+        port = f" (port {self._ssh.port})" if self._ssh.port else ""
+        return f"{self._ssh.destination}:{self.basedir}{port}"
+
+    def _dest(self) -> str:
+        return self._ssh.rsync_remote(self.basedir + "/")
+
+    def _command_argv(self, argv):
+        return self._ssh.ssh_argv(argv)
+
+    def _unreachable(self, returncode: int, stderr: str) -> bool:
+        # ssh exits 255 on its own errors; rsync reports a dead connection as 255, or as a
+        # protocol/socket error (12, 10, 35) with ssh's complaint in stderr.
+        if returncode == 255:
+            return True
+        text = stderr.lower()
+        return returncode in (10, 12, 35) and any(
+            s in text for s in ("ssh:", "connection", "host key", "permission denied (publickey")
+        )
+
+
+def parse_md5sum_output(stdout: bytes) -> dict[str, str]:
+    """``{name: md5}`` from GNU md5sum output.
+
+    md5sum prints ``<md5>  <name>`` (``*`` instead of the second space in binary mode), and
+    when a name contains a backslash, newline or carriage return it prefixes the line with
+    ``\\`` and escapes them as ``\\\\``, ``\\n``, ``\\r``. Names are decoded from bytes with
+    ``surrogateescape``, as ``os.fsdecode`` does.
+    """
+    found: dict[str, str] = {}
+    for line in stdout.split(b"\n"):
+        if not line:
+            continue
+        escaped = line.startswith(b"\\")
+        if escaped:
+            line = line[1:]
+        digest, sep, name = line[:32], line[32:34], line[34:]
+        if len(digest) != 32 or sep not in (b"  ", b" *"):
+            continue
+        try:
+            digest_text = digest.decode("ascii").lower()
+            int(digest_text, 16)
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if escaped:
+            name = _unescape(name)
+        found[os.fsdecode(name)] = digest_text
+    return found
+
+
+def _unescape(name: bytes) -> bytes:
+    out = bytearray()
+    i = 0
+    while i < len(name):
+        c = name[i : i + 1]
+        if c == b"\\" and i + 1 < len(name):
+            nxt = name[i + 1 : i + 2]
+            out += {b"\\": b"\\", b"n": b"\n", b"r": b"\r"}.get(nxt, b"\\" + nxt)
+            i += 2
+        else:
+            out += c
+            i += 1
+    return bytes(out)
+
+
+def make_backend(
+    remote_basedir: str,
+    *,
+    ssh_host: str | None = None,
+    ssh_key: str | None = None,
+    ssh_port: int | None = None,
+    known_hosts: str | None = None,
+    host_key_checking: str = "yes",
+    connect_timeout: int = 10,
+    compress: bool = False,
+    bwlimit: str | None = None,
+    chmod: str | None = None,
+) -> RsyncBackend:
+    """The backend the agent's arguments describe: ssh when a host is given, else local."""
+    options = {"compress": compress, "bwlimit": bwlimit, "chmod": chmod}
+    if not ssh_host:
+        return LocalRsyncBackend(remote_basedir, **options)
+    ssh = SshOptions(
+        ssh_host,
+        port=ssh_port,
+        key_file=ssh_key,
+        known_hosts_file=known_hosts,
+        host_key_checking=host_key_checking,
+        connect_timeout=connect_timeout,
+    )
+    return SshRsyncBackend(remote_basedir, ssh, **options)

@@ -1,0 +1,260 @@
+"""The copy step: one batch of pending files sent, verified by md5, and recorded.
+
+For each batch:
+
+1. the oldest ``files_per_batch`` pending files are read (an index seek) and the intent is
+   committed (``last_attempt_at``);
+2. each local file is stat'ed; a vanished file is one failed attempt (counted once); the md5
+   is computed now if the file has none yet or changed since it was hashed (socs#475);
+3. one rsync sends the batch, one md5sum checks it on the destination;
+4. the outcome is committed in its own transaction: matching md5 -> ``copied``; anything
+   else -> one more failed attempt, ``failed`` at the limit. A failed rsync still counts the
+   attempts of the files it did not deliver, and never blocks the files it did.
+
+Only when the destination cannot be reached at all (ssh cannot connect, md5sum does not
+answer) is nothing counted: that is the remote's fault, not the files'. The loop reports
+it, sets ``degraded`` and tries again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hpcsync.agents.core.process import CommandCancelled
+from hpcsync.db.suprsync import (
+    CopyResult,
+    SupRsyncError,
+    SupRsyncFilesManager,
+    local_signature,
+    md5_file,
+    same_signature,
+)
+
+from .backends import Backend, Item, RemoteUnreachable
+
+log = logging.getLogger("hpcsync.suprsync")
+
+DEFAULT_FILES_PER_BATCH = 1000
+DEFAULT_MAX_COPY_ATTEMPTS = 5
+#: rsync of a batch may take this long plus 1 s per MB when ``--copy-timeout`` is not set.
+DEFAULT_COPY_TIMEOUT = 300.0
+COPY_SECONDS_PER_BYTE = 1 / 1e6
+#: A remote command may take this long when ``--cmd-timeout`` is not set ...
+DEFAULT_CMD_TIMEOUT = 60.0
+#: ... plus 1 s per 100 MB it has to checksum (always added: md5 time grows with data).
+MD5_SECONDS_PER_BYTE = 1 / 100e6
+#: How many files of a batch ``last_copy['files']`` lists in session.data.
+REPORTED_FILES = 20
+
+
+@dataclass
+class CopySettings:
+    archive: str
+    max_copy_attempts: int = DEFAULT_MAX_COPY_ATTEMPTS
+    files_per_batch: int = DEFAULT_FILES_PER_BATCH
+    copy_timeout: float | None = None
+    cmd_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_copy_attempts is None or self.max_copy_attempts < 1:
+            raise ValueError("max copy attempts must be at least 1")
+        if self.files_per_batch is None:
+            self.files_per_batch = DEFAULT_FILES_PER_BATCH
+        if self.files_per_batch < 1:
+            raise ValueError("files per batch must be at least 1")
+        for name in ("copy_timeout", "cmd_timeout"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be positive")
+
+    def rsync_timeout(self, nbytes: int) -> float:
+        if self.copy_timeout is not None:
+            return float(self.copy_timeout)
+        return DEFAULT_COPY_TIMEOUT + nbytes * COPY_SECONDS_PER_BYTE
+
+    def md5_timeout(self, nbytes: int) -> float:
+        base = DEFAULT_CMD_TIMEOUT if self.cmd_timeout is None else float(self.cmd_timeout)
+        return base + nbytes * MD5_SECONDS_PER_BYTE
+
+
+@dataclass
+class BatchReport:
+    """What one batch did; ``as_session()`` is socs's ``last_copy``."""
+
+    start_time: float
+    stop_time: float | None = None
+    files: list[tuple[str, bool]] = field(default_factory=list)
+    size: int = 0
+    verified: int = 0
+    failed: int = 0
+    missing: int = 0
+    changed: int = 0
+    bytes: int = 0
+    error: str | None = None
+    unreachable: bool = False
+    timed_out: bool = False
+    rsync_failed: bool = False
+    stopped: bool = False
+    full: bool = False
+
+    @property
+    def rate(self) -> float:
+        elapsed = (self.stop_time or self.start_time) - self.start_time
+        return self.verified / elapsed if elapsed > 0 else 0.0
+
+    def as_session(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "start_time": self.start_time,
+            "stop_time": self.stop_time,
+            "files": [list(f) for f in self.files[:REPORTED_FILES]],
+            "num_files": self.size,
+            "verified": self.verified,
+            "failed": self.failed + self.missing,
+            "bytes": self.bytes,
+        }
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+class Copier:
+    """Copies batches of one archive's pending files through a :class:`Backend`."""
+
+    def __init__(
+        self,
+        manager: SupRsyncFilesManager,
+        backend: Backend,
+        settings: CopySettings,
+        cancel: threading.Event | None = None,
+    ):
+        self.manager = manager
+        self.backend = backend
+        self.settings = settings
+        self.cancel = cancel or threading.Event()
+
+    def copy_batch(self) -> BatchReport:
+        s = self.settings
+        report = BatchReport(start_time=time.time())
+        tasks = self.manager.next_batch(s.archive, s.files_per_batch)
+        report.size = len(tasks)
+        report.full = len(tasks) >= s.files_per_batch
+        if not tasks:
+            report.stop_time = time.time()
+            return report
+        self.manager.mark_attempt_started([t.id for t in tasks], report.start_time)
+
+        results: list[CopyResult] = []
+        sendable = []  # (task, md5, signature)
+        for task in tasks:
+            if self.cancel.is_set():
+                report.stopped = True
+                break
+            outcome = self._prepare(task)
+            if isinstance(outcome, CopyResult):
+                results.append(outcome)
+            else:
+                sendable.append(outcome)
+
+        if sendable and not report.stopped:
+            try:
+                results += self._send_and_verify(sendable, report)
+            except CommandCancelled:
+                report.stopped = True
+            except RemoteUnreachable as exc:
+                report.unreachable = True
+                report.error = str(exc)
+                log.warning("%s; %d files stay pending and are tried again later", exc, len(sendable))
+
+        # Outcomes are committed even when the transfer failed: attempts are never lost.
+        self.manager.record_results(results, s.max_copy_attempts)
+        for r in results:
+            ok = r.outcome == "verified"
+            report.files.append((self._path_of(tasks, r.id), ok))
+            if r.outcome == "verified":
+                report.verified += 1
+                report.bytes += r.local_size or 0
+            elif r.outcome == "missing":
+                report.missing += 1
+            elif r.outcome == "failed":
+                report.failed += 1
+            else:
+                report.changed += 1
+        if report.stopped and not report.error:
+            report.error = "stopped before the batch finished; unfinished files stay pending"
+        report.stop_time = time.time()
+        log.info(
+            "batch of %d: %d verified, %d failed, %d missing, %d changed in %.2f s%s",
+            report.size, report.verified, report.failed, report.missing, report.changed,
+            report.stop_time - report.start_time, f" ({report.error})" if report.error else "",
+        )  # fmt: skip
+        return report
+
+    @staticmethod
+    def _path_of(tasks, file_id) -> str:
+        for t in tasks:
+            if t.id == file_id:
+                return t.local_path
+        return ""
+
+    def _prepare(self, task):
+        """A CopyResult if the file cannot be sent now, else ``(task, md5, signature)``."""
+        try:
+            sig = local_signature(task.local_path)
+        except SupRsyncError as exc:
+            return CopyResult(task.id, "missing", error=str(exc))
+        md5 = task.local_md5sum
+        if md5 is None or not same_signature(task.local_size, task.local_mtime, sig):
+            try:
+                md5 = md5_file(task.local_path, self.cancel)
+                after = local_signature(task.local_path)
+            except InterruptedError:
+                return CopyResult(task.id, "changed", error="stopped while hashing")
+            except SupRsyncError as exc:
+                return CopyResult(task.id, "missing", error=str(exc))
+            except OSError as exc:
+                return CopyResult(task.id, "failed", error=f"cannot read local file: {exc.strerror or exc}")
+            if after != sig:
+                return CopyResult(task.id, "changed", error="local file changed while it was hashed; sent later")
+        return (task, md5, sig)
+
+    def _send_and_verify(self, sendable, report: BatchReport) -> list[CopyResult]:
+        s = self.settings
+        nbytes = sum(sig[0] for _t, _m, sig in sendable)
+        items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sendable]
+        put = self.backend.put(items, timeout=s.rsync_timeout(nbytes), cancel=self.cancel)
+        if not put.ok:
+            report.rsync_failed = True
+            report.timed_out = put.timed_out
+            report.error = put.error
+            log.warning("rsync to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
+        remote = self.backend.md5sums([t.remote_path for t, _m, _s in sendable], timeout=s.md5_timeout(nbytes),
+                                      cancel=self.cancel)  # fmt: skip
+        results = []
+        for task, md5, sig in sendable:
+            got = remote.get(task.remote_path)
+            common = {"local_md5sum": md5, "local_size": sig[0], "local_mtime": sig[1], "remote_md5sum": got}
+            if got == md5:
+                try:
+                    now_sig = local_signature(task.local_path)
+                except SupRsyncError:
+                    now_sig = sig  # deleted after a verified copy: the copy stands
+                if now_sig != sig:
+                    results.append(
+                        CopyResult(task.id, "changed", error="local file changed while it was copied; sent again")
+                    )
+                else:
+                    results.append(CopyResult(task.id, "verified", **common))
+            elif got is None:
+                why = put.error or "rsync reported success"
+                results.append(CopyResult(task.id, "failed", error=f"not found on the destination after rsync ({why})",
+                                          **common))  # fmt: skip
+            else:
+                why = f"; rsync: {put.error}" if put.error else ""
+                results.append(
+                    CopyResult(task.id, "failed", error=f"remote md5 {got} differs from local md5 {md5}{why}", **common)
+                )
+        return results

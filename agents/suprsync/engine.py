@@ -1,0 +1,208 @@
+"""One SupRsync loop iteration: copy, delete, finalize timecode dirs, archive stats.
+
+:class:`SupRsyncEngine` is what the agent's ``run`` process (and ``hpcsync suprsync run``)
+calls in a loop. Each step runs under one error handler that turns any failure into a
+counter, a ``last_error`` and ``degraded``, and never lets it escape: a database that is
+briefly unavailable, a remote that is down, a file that cannot be read all leave the loop
+running. A stop request interrupts a running rsync or md5sum within 0.1 s.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from hpcsync.agents.core.process import CommandError, CommandTimeout
+from hpcsync.db.engine import DatabaseError
+from hpcsync.db.suprsync import SupRsyncError, SupRsyncFilesManager
+
+from .backends import Backend, RemoteUnreachable
+from .copier import BatchReport, Copier, CopySettings
+from .deleter import delete_files
+from .timecodes import update_timecode_dirs
+
+log = logging.getLogger("hpcsync.suprsync")
+
+#: Counters every run starts with (socs's names first).
+COUNTERS = (
+    "iterations", "copies", "bytes_copied", "failed_copies", "deletions", "requeued_changed",
+    "finalized_dirs", "errors_timeout", "errors_nonzero", "errors_unreachable", "errors_db",
+    "errors_local", "errors_other",
+)  # fmt: skip
+#: How often timecode dirs are (re)created from files registered in the last week (socs: 6 h).
+TCDIR_REFRESH_INTERVAL = 6 * 3600.0
+#: The copy step keeps taking full batches for at most this long before the loop moves on
+#: to deletion and finalization (a large backlog must not starve them).
+COPY_STEP_BUDGET = 60.0
+
+
+@dataclass
+class EngineSettings:
+    archive: str
+    file_root: str
+    instance_id: str
+    delete_after: float | None = None
+    copy: CopySettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.copy is None:
+            self.copy = CopySettings(self.archive)
+        if self.delete_after is not None and self.delete_after < 0:
+            raise ValueError("delete-local-after must be zero or positive")
+
+
+@dataclass
+class IterationReport:
+    start_time: float
+    stop_time: float = 0.0
+    batches: list[BatchReport] = field(default_factory=list)
+    archive_stats: dict[str, Any] | None = None
+    errors: list[str] = field(default_factory=list)
+    unreachable: bool = False
+    more_work: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.unreachable
+
+    def last_copy(self) -> dict[str, Any]:
+        """socs's ``last_copy``: the last batch that had files, else an empty copy."""
+        for b in reversed(self.batches):
+            if b.size:
+                return b.as_session()
+        return {"start_time": self.start_time, "stop_time": self.stop_time, "files": []}
+
+
+class SupRsyncEngine:
+    """The SupRsync loop body for one archive. Thread-safe to stop from another thread."""
+
+    def __init__(
+        self,
+        manager_factory: Callable[[], SupRsyncFilesManager],
+        backend: Backend,
+        settings: EngineSettings,
+        *,
+        cancel: threading.Event | None = None,
+        on_activity: Callable[[str], None] | None = None,
+    ):
+        self._manager_factory = manager_factory
+        self._manager: SupRsyncFilesManager | None = None
+        self.backend = backend
+        self.settings = settings
+        self.cancel = cancel or threading.Event()
+        self.on_activity = on_activity or (lambda activity: None)
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.last_error: dict[str, Any] | None = None
+        self._last_tcdir_refresh = 0.0
+
+    @property
+    def manager(self) -> SupRsyncFilesManager:
+        """The files manager, opened on first use (a database down at startup is retried)."""
+        if self._manager is None:
+            self._manager = self._manager_factory()
+        return self._manager
+
+    def iterate(self) -> IterationReport:
+        s = self.settings
+        report = IterationReport(start_time=time.time())
+        self.counters["iterations"] += 1
+
+        self._step(report, "copying", self._copy_step, report)
+        if s.delete_after is not None and not self.cancel.is_set():
+            self._step(report, "deleting", self._delete_step, report)
+        if not self.cancel.is_set():
+            self._step(report, "finalizing", self._timecode_step)
+        if not self.cancel.is_set():
+            report.archive_stats = self._step(report, "idle", self.manager.get_archive_stats, s.archive)
+        self.on_activity("idle")
+        report.stop_time = time.time()
+        return report
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _copy_step(self, report: IterationReport) -> None:
+        copier = Copier(self.manager, self.backend, self.settings.copy, cancel=self.cancel)
+        deadline = time.monotonic() + COPY_STEP_BUDGET
+        while not self.cancel.is_set():
+            batch = copier.copy_batch()
+            report.batches.append(batch)
+            self.counters["copies"] += batch.verified
+            self.counters["bytes_copied"] += batch.bytes
+            self.counters["failed_copies"] += batch.failed + batch.missing
+            if batch.unreachable:
+                report.unreachable = True
+                self.counters["errors_unreachable"] += 1
+                self._error(batch.error or "destination unreachable")
+                return
+            if batch.rsync_failed:
+                self.counters["errors_timeout" if batch.timed_out else "errors_nonzero"] += 1
+                self._error(f"rsync failed: {batch.error}")
+                report.errors.append(batch.error or "rsync failed")
+            if not batch.full or batch.stopped:
+                return
+            if time.monotonic() > deadline:
+                report.more_work = True
+                return
+
+    def _delete_step(self, report: IterationReport) -> None:
+        result = delete_files(self.manager, self.settings.archive, self.settings.delete_after, cancel=self.cancel)
+        self.counters["deletions"] += result.removed + result.gone
+        self.counters["requeued_changed"] += result.requeued
+        if result.more:
+            report.more_work = True
+
+    def _timecode_step(self) -> None:
+        s = self.settings
+        now = time.time()
+        if now - self._last_tcdir_refresh > TCDIR_REFRESH_INTERVAL:
+            created = self.manager.create_all_timecode_dirs(s.archive, min_ctime=now - 7 * 24 * 3600)
+            if created:
+                log.info("created %d timecode dirs for files registered without one", created)
+            self._last_tcdir_refresh = now
+        done = update_timecode_dirs(self.manager, s.archive, s.file_root, s.instance_id, now=now)
+        self.counters["finalized_dirs"] += len(done)
+
+    # -- one error path -------------------------------------------------------------------
+
+    def _step(self, report: IterationReport, activity: str, fn: Callable, *args):
+        self.on_activity(activity)
+        try:
+            return fn(*args)
+        except CommandTimeout as exc:
+            counter = "errors_timeout"
+            message = str(exc)
+        except RemoteUnreachable as exc:
+            report.unreachable = True
+            counter, message = "errors_unreachable", str(exc)
+        except CommandError as exc:
+            counter, message = "errors_nonzero", str(exc)
+        except (SQLAlchemyError, DatabaseError) as exc:
+            counter = "errors_db"
+            message = f"database error while {activity}: {getattr(exc, 'orig', None) or exc}"
+            self._reset_manager_if_unopened(exc)
+        except (OSError, SupRsyncError) as exc:
+            counter, message = "errors_local", f"while {activity}: {exc}"
+        except Exception as exc:  # a bug: keep the loop alive, keep the traceback in the log
+            counter, message = "errors_other", f"unexpected error while {activity}: {exc!r}"
+            log.error("%s\n%s", message, traceback.format_exc())
+        self.counters[counter] += 1
+        self._error(message)
+        report.errors.append(message)
+        return None
+
+    def _reset_manager_if_unopened(self, exc: BaseException) -> None:
+        if isinstance(exc, DatabaseError) and self._manager is None:
+            return  # the factory failed; it is simply called again next time
+        if isinstance(exc, DatabaseError):
+            self._manager = None
+
+    def _error(self, message: str) -> None:
+        log.error("%s", message)
+        self.last_error = {"message": message[:500], "time": time.time()}
