@@ -15,7 +15,9 @@ from pathlib import Path
 VERSION = "0.1.0"
 
 #: Agent packages whose ``cli`` module adds subcommands (``hpcsync <agent> ...``).
-AGENT_CLI_MODULES: list[str] = []
+AGENT_CLI_MODULES: list[str] = [
+    "hpcsync.agents.slurmsync.cli",
+]
 
 
 def _default_site_file() -> str:

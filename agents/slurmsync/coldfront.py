@@ -1,0 +1,163 @@
+"""The ColdFront/myBRC/myLRC API as SlurmSync uses it.
+
+Built on :class:`hpcsync.agents.core.http.ApiClient` (timeouts, bounded retries on 5xx and
+timeouts, :class:`ApiAuthError` on 401/403). Lists follow every ``next`` link, each page
+once (the original scripts fetched page 1 twice, built ``/api//jobs`` and stopped silently
+after 50 pages). Job upserts go out concurrently, one HTTP session per worker thread.
+
+The token file holds what the seed's config files held: ``Token <key>`` (a bare key is
+accepted and prefixed). The header value lives only in the sessions' headers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+from hpcsync.agents.core.http import ApiAuthError, ApiClient, ApiError, ApiUnavailable
+from hpcsync.agents.core.secrets import Secret
+
+SERVICE_UNITS = "Service Units"
+
+
+def authorization_header(token: Secret) -> str:
+    """``Token <key>`` whether the file holds the whole header value or the bare key."""
+    value = token.reveal().strip()
+    return value if value.lower().startswith("token ") else f"Token {value}"
+
+
+@dataclass(frozen=True)
+class Allocation:
+    id: int
+    project: str
+    resource: str
+    start_date: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What one PUT did: ``outcome`` is pushed, rejected, unavailable, auth or skipped."""
+
+    jobslurmid: str
+    outcome: str
+    http_status: int | None = None
+    error: str | None = None
+
+
+class ColdFrontApi:
+    """The endpoints SlurmSync needs, on one base URL with one token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: Secret,
+        *,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        cancel: threading.Event | None = None,
+    ):
+        self.base_url = base_url
+        self._header = {"Authorization": authorization_header(token)}
+        self._options = {"timeout": timeout, "retries": retries, "backoff": backoff, "cancel": cancel}
+        self._local = threading.local()
+        self._clients: list[ApiClient] = []
+        self._clients_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ColdFrontApi({self.base_url!r})"
+
+    @property
+    def client(self) -> ApiClient:
+        """This thread's client (requests sessions are not shared between threads)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = ApiClient(self.base_url, headers=self._header, **self._options)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    @property
+    def requests_made(self) -> int:
+        with self._clients_lock:
+            return sum(c.requests_made for c in self._clients)
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients:
+                client.session.close()
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def list_all(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict]:
+        """Every result of a paginated list, following ``next`` (each page fetched once)."""
+        for page in self.client.paginate(path, params):
+            yield from page["results"]
+
+    def projects(self) -> list[dict]:
+        return list(self.list_all("projects/"))
+
+    def compute_allocation(self, project: str, resource: str) -> Allocation | None:
+        """The project's allocation of ``resource`` (an Active one first), or None.
+
+        The server answers 400 when it knows no such project or resource name; that also
+        means "no allocation" here.
+        """
+        try:
+            results = self.client.get_json("allocations/", {"project": project, "resources": resource})["results"]
+        except ApiError as exc:
+            if exc.status == 400:
+                return None
+            raise
+        if not results:
+            return None
+        chosen = next((a for a in results if a.get("status") == "Active"), results[0])
+        start = chosen.get("start_date")
+        if isinstance(start, str) and "." in start:
+            start = start.split(".", 1)[0]
+        return Allocation(chosen["id"], project, resource, start, str(chosen.get("status", "")))
+
+    def service_units(self, allocation_id: int) -> tuple[Decimal | None, Decimal | None]:
+        """(allocated SUs, used SUs) of an allocation; None where the API has no value."""
+        data = self.client.get_json(f"allocations/{allocation_id}/attributes/", {"type": SERVICE_UNITS})
+        results = data.get("results") or []
+        if not results:
+            return None, None
+        return _decimal(results[0].get("value")), _decimal((results[0].get("usage") or {}).get("value"))
+
+    def running_jobs(self, start: datetime, end: datetime) -> list[dict]:
+        """Jobs the API lists as RUNNING whose **start date** lies in [start, end]."""
+        params = {"jobstatus": "RUNNING", "start_time": int(start.timestamp()), "end_time": int(end.timestamp())}
+        return list(self.list_all("jobs/", params))
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put_job(self, payload: dict) -> PushResult:
+        """PUT (upsert) one job; never raises for a job-level problem, says what happened."""
+        jobslurmid = payload["jobslurmid"]
+        try:
+            resp = self.client.request("PUT", f"jobs/{quote(jobslurmid, safe='')}/", json=payload)
+        except ApiAuthError as exc:
+            return PushResult(jobslurmid, "auth", exc.status, str(exc))
+        except ApiUnavailable as exc:
+            return PushResult(jobslurmid, "unavailable", exc.status, str(exc))
+        except ApiError as exc:
+            return PushResult(jobslurmid, "rejected", exc.status, str(exc))
+        return PushResult(jobslurmid, "pushed", resp.status_code)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value in (None, ""):
+        return None
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return result if result.is_finite() else None

@@ -1,0 +1,719 @@
+"""The three SlurmSync jobs, as plain Python: reverse sync, running-jobs sync, full sync.
+
+:class:`SlurmSyncEngine` knows nothing of OCS; the agent and the ``hpcsync slurmsync`` CLI
+drive the same methods. Each job returns a report (:class:`SyncReport`,
+:class:`ReverseSyncReport`) whose ``summary()`` is what ``session.data`` shows and whose
+``message()`` is the sentence an operator reads. A problem in the middle of a job (API
+outage, refused token, sacct failing, a malformed sacct line) ends the job with
+``ok=False`` and that problem named; everything done before it stays done and recorded.
+
+Pushes go out in batches: the ledger's intent is committed for a batch, its PUTs run
+concurrently on a few worker threads, and their outcomes are committed together. A full
+sync walks projects in name order; a push run that stops early (``max_jobs``, a stop
+request, an error) saves the project it stopped in with
+:func:`hpcsync.db.runs.set_cursor`, says so, and the next push run starts there (the ledger
+then skips that project's jobs already pushed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from hpcsync.agents.core.errors import USER_ERRORS
+from hpcsync.agents.core.http import ApiAuthError, ApiUnavailable
+from hpcsync.agents.core.secrets import Secret
+from hpcsync.db import Database
+from hpcsync.db.runs import get_cursor, record_run, set_cursor
+
+from .bookkeeping import BookkeepingLog
+from .clock import ClusterClock, api_time
+from .coldfront import ColdFrontApi, PushResult
+from .ledger import JobLedger, PreparedJob, payload_hash
+from .pricing import PriceTable
+from .profiles import Profile
+from .slurm import SacctJob, set_limit_argv
+
+log = logging.getLogger(__name__)
+
+#: Jobs per ledger transaction and per round of concurrent PUTs.
+BATCH_SIZE = 200
+#: How many problems a report names (the rest are counted).
+MAX_EXAMPLES = 10
+
+ProgressCallback = Callable[..., None]
+
+
+class StopRun(Exception):
+    """The run ends early on purpose (limit reached, stop requested)."""
+
+
+@dataclass
+class SyncReport:
+    """What a running-jobs or full sync did (or, in a dry run, would do)."""
+
+    operation: str
+    target: str
+    dry_run: bool
+    start: str | None = None
+    end: str | None = None
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    projects_total: int = 0
+    projects_done: int = 0
+    projects_without_allocation: list[str] = field(default_factory=list)
+    listed_running: int = 0
+    jobs_found: int = 0
+    still_running: int = 0
+    never_started: int = 0
+    not_in_slurm: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    to_push: int = 0
+    pushed: int = 0
+    rejected: int = 0
+    failed: int = 0
+    not_sent: int = 0
+    amount: Decimal = Decimal("0.00")
+    unknown_partitions: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    current_project: str | None = None
+    resumed_from: str | None = None
+    resume_at: str | None = None
+    stopped_reason: str | None = None
+    error: str | None = None
+    log_file: str | None = None
+    api_requests: int = 0
+    sacct_calls: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def complete(self) -> bool:
+        return self.ok and self.stopped_reason is None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    def note_problem(self, text: str) -> None:
+        if len(self.problems) < MAX_EXAMPLES:
+            self.problems.append(text)
+
+    def summary(self) -> dict[str, Any]:
+        """Small and JSON-safe: what ``session.data`` and the run ledger keep."""
+        data: dict[str, Any] = {
+            "operation": self.operation,
+            "target": self.target,
+            "dry_run": self.dry_run,
+            "window": {"start": self.start, "end": self.end},
+            "complete": self.complete,
+            "jobs": {
+                "found_in_slurm": self.jobs_found,
+                "still_running": self.still_running,
+                "never_started": self.never_started,
+                "unchanged": self.unchanged,
+                "to_push": self.to_push,
+                "pushed": self.pushed,
+                "rejected": self.rejected,
+                "failed": self.failed,
+                "not_sent": self.not_sent,
+            },
+            "service_units": str(self.amount),
+            "elapsed_s": round(self.elapsed, 3),
+            "api_requests": self.api_requests,
+            "sacct_calls": self.sacct_calls,
+            "log_file": self.log_file,
+        }
+        if self.operation == "full_sync":
+            data["projects"] = {
+                "total": self.projects_total,
+                "done": self.projects_done,
+                "without_allocation": self.projects_without_allocation[:MAX_EXAMPLES],
+            }
+        else:
+            data["listed_running"] = self.listed_running
+            data["not_in_slurm"] = self.not_in_slurm[:MAX_EXAMPLES]
+        for key in ("unknown_partitions", "problems"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)[:MAX_EXAMPLES]
+        for key in ("resumed_from", "resume_at", "stopped_reason", "error"):
+            if getattr(self, key):
+                data[key] = getattr(self, key)
+        return data
+
+    def message(self) -> str:
+        """One or two sentences an operator can act on."""
+        name = self.operation.replace("_", " ")
+        head = f"{name} of {self.target}" + (" (dry run)" if self.dry_run else "")
+        if self.dry_run:
+            text = f"{head}: {self.to_push} jobs would be pushed ({self.amount} SU); {self.unchanged} unchanged"
+        else:
+            text = f"{head}: pushed {self.pushed} jobs ({self.amount} SU); {self.unchanged} unchanged"
+        extras = []
+        if self.rejected:
+            extras.append(f"{self.rejected} rejected by the API (see the log file and ledger)")
+        if self.failed or self.not_sent:
+            extras.append(f"{self.failed + self.not_sent} not pushed")
+        if self.still_running:
+            extras.append(f"{self.still_running} still running in Slurm")
+        if self.not_in_slurm:
+            extras.append(f"{len(self.not_in_slurm)} unknown to sacct")
+        if self.unknown_partitions:
+            extras.append(f"unknown partitions priced 0: {', '.join(self.unknown_partitions[:5])}")
+        if extras:
+            text += "; " + "; ".join(extras)
+        text += "."
+        if self.error:
+            where = f" at project {self.current_project}" if self.current_project else ""
+            text += f" Failed{where}: {self.error}."
+        elif self.stopped_reason:
+            text += f" Stopped early: {self.stopped_reason}."
+        if self.resume_at:
+            text += f" The next push run resumes at project {self.resume_at}."
+        elif not self.complete and self.operation == "sync_running_jobs" and not self.dry_run:
+            text += " Jobs not pushed stay RUNNING in the API; the next run picks them up."
+        return text
+
+
+@dataclass
+class LimitChange:
+    account: str
+    service_units: Decimal
+    minutes: int
+    current_minutes: int | None
+
+
+@dataclass
+class ReverseSyncReport:
+    """What a reverse sync found, wrote and (with apply) set in Slurm."""
+
+    target: str
+    applied: bool
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    projects: int = 0
+    excluded: list[str] = field(default_factory=list)
+    without_allocation: list[str] = field(default_factory=list)
+    without_service_units: list[str] = field(default_factory=list)
+    missing_in_slurm: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    changes: list[LimitChange] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    set_ok: list[str] = field(default_factory=list)
+    set_failed: list[str] = field(default_factory=list)
+    output_file: str | None = None
+    log_file: str | None = None
+    error: str | None = None
+    api_requests: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.set_failed
+
+    def summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "operation": "reverse_sync",
+            "target": self.target,
+            "apply": self.applied,
+            "projects": self.projects,
+            "limits_to_change": len(self.changes),
+            "limits_unchanged": self.unchanged,
+            "commands": self.commands[:50],
+            "output_file": self.output_file,
+            "log_file": self.log_file,
+            "elapsed_s": round((self.finished_at or time.time()) - self.started_at, 3),
+            "api_requests": self.api_requests,
+        }
+        for key in ("excluded", "without_allocation", "without_service_units", "missing_in_slurm"):
+            values = getattr(self, key)
+            if values:
+                data[key] = values[:MAX_EXAMPLES]
+                data[f"{key}_count"] = len(values)
+        if self.applied:
+            data["applied"] = len(self.set_ok)
+            data["apply_failed"] = self.set_failed[:MAX_EXAMPLES]
+        if self.error:
+            data["error"] = self.error
+        return data
+
+    def message(self) -> str:
+        head = f"reverse sync of {self.target}"
+        if self.error:
+            return f"{head} failed: {self.error}."
+        text = f"{head}: {len(self.changes)} account limits differ from the API, {self.unchanged} already match"
+        if self.missing_in_slurm:
+            text += f"; {len(self.missing_in_slurm)} projects have no Slurm account"
+        if self.applied:
+            text += f"; set {len(self.set_ok)} in Slurm"
+            if self.set_failed:
+                text += f", {len(self.set_failed)} failed ({'; '.join(self.set_failed[:3])})"
+        else:
+            text += f"; commands written to {self.output_file} (not applied: apply=True sets them)"
+        return text + "."
+
+
+class _Budget:
+    """How many more jobs a run may push (None: no limit)."""
+
+    def __init__(self, limit: int | None):
+        self.remaining = limit if limit and limit > 0 else None
+        self.limit = self.remaining
+
+    def take(self, jobs: list[PreparedJob]) -> list[PreparedJob]:
+        if self.remaining is None:
+            return jobs
+        taken = jobs[: self.remaining]
+        self.remaining -= len(taken)
+        return taken
+
+    @property
+    def spent(self) -> bool:
+        return self.remaining is not None and self.remaining <= 0
+
+
+class SlurmSyncEngine:
+    """The jobs of one target.
+
+    :param slurm: a :class:`~.slurm.Slurm` (live sacct) or :class:`~.slurm.SacctDump`.
+    :param log_dir: where the book-keeping logs and the reverse-sync command file go.
+    :param workers: concurrent PUTs (each on its own HTTP connection).
+    :param cancel: set to stop the current job between batches (and abort waits).
+    :param progress: called with keyword fields as the job advances (``session.data``).
+    """
+
+    def __init__(
+        self,
+        *,
+        profile: Profile,
+        api: ColdFrontApi,
+        slurm: Any,
+        prices: PriceTable,
+        clock: ClusterClock,
+        db: Database,
+        log_dir: str | Path,
+        token: Secret | None = None,
+        workers: int = 4,
+        batch_size: int = BATCH_SIZE,
+        sacctmgr: str = "sacctmgr",
+        cancel: threading.Event | None = None,
+        progress: ProgressCallback | None = None,
+        agent_class: str = "SlurmSync",
+        instance_id: str = "cli",
+    ):
+        self.profile = profile
+        self.api = api
+        self.slurm = slurm
+        self.prices = prices
+        self.clock = clock
+        self.db = db
+        self.ledger = JobLedger(db, profile.name)
+        self.log_dir = Path(log_dir).expanduser()
+        self.token = token
+        self.workers = max(1, int(workers))
+        self.batch_size = max(1, int(batch_size))
+        self.sacctmgr = sacctmgr
+        self.cancel = cancel or threading.Event()
+        self.progress = progress or (lambda **_: None)
+        self.agent_class = agent_class
+        self.instance_id = instance_id
+
+    @property
+    def cursor_scope(self) -> str:
+        return f"slurmsync:{self.profile.name}"
+
+    # -- payloads --------------------------------------------------------------------------
+
+    def prepare(self, job: SacctJob) -> PreparedJob:
+        """The API payload of a finished job, priced with the one price table."""
+        assert job.start is not None and job.end is not None
+        seconds = (job.end - job.start).total_seconds()
+        amount = self.prices.amount(job.partition, job.alloc_cpus, seconds)
+        raw_hours = seconds / 3600.0
+        status = self.profile.api_status(job.state)
+        payload = {
+            "jobslurmid": job.job_id,
+            "submitdate": api_time(job.submit),
+            "startdate": api_time(job.start),
+            "enddate": api_time(job.end),
+            "userid": job.uid,
+            "accountid": job.account,
+            "amount": str(amount),
+            "jobstatus": status,
+            "partition": job.partition,
+            "qos": job.qos,
+            "nodes": [{"name": n} for n in job.nodes],
+            "num_cpus": job.alloc_cpus,
+            "num_req_nodes": job.req_nodes,
+            "num_alloc_nodes": job.alloc_nodes,
+            "raw_time": round(raw_hours, 6),
+            "cpu_time": round(raw_hours * job.alloc_cpus, 6),
+        }
+        return PreparedJob(job.job_id, job.account, status, amount, payload, payload_hash(payload))
+
+    # -- running-jobs sync -----------------------------------------------------------------
+
+    def sync_running_jobs(
+        self, *, push: bool = False, start: datetime | None = None, end: datetime | None = None, max_jobs: int = 0
+    ) -> SyncReport:
+        """Jobs the API still calls RUNNING -> their state in sacct -> pushed (if ``push``)."""
+        start = start or self.clock.period_start(self.profile.period_start_month, self.profile.period_start_day)
+        end = end or self.clock.now()
+        report = SyncReport("sync_running_jobs", self.profile.name, not push, api_time(start), api_time(end))
+        with self._run_context(report) as book:
+            self.progress(activity="listing RUNNING jobs in the API")
+            listed = self.api.running_jobs(start, end)
+            job_ids = list(dict.fromkeys(str(j["jobslurmid"]) for j in listed))
+            report.listed_running = len(job_ids)
+            book.info(f"{len(job_ids)} jobs are RUNNING in the API between {report.start} and {report.end}")
+            self.progress(activity="reading sacct", listed_running=len(job_ids))
+            found = {j.job_id: j for j in self.slurm.jobs_by_id(job_ids)} if job_ids else {}
+            report.jobs_found = len(found)
+            ready = []
+            for job_id in job_ids:
+                job = found.get(job_id)
+                if job is None:
+                    report.not_in_slurm.append(job_id)
+                elif job.active:
+                    report.still_running += 1
+                elif not job.started:
+                    report.never_started += 1
+                    report.note_problem(f"job {job_id} is RUNNING in the API but never started in Slurm ({job.state})")
+                else:
+                    ready.append(self.prepare(job))
+            if report.not_in_slurm:
+                book.warning(f"not found by sacct: {', '.join(report.not_in_slurm[:100])}")
+            # No ledger skip here: the API listing these jobs as RUNNING shows that it
+            # differs from Slurm, whatever was pushed before.
+            self._send(ready, report, book, push=push, skip_unchanged=False, budget=_Budget(max_jobs))
+        return report
+
+    # -- full sync -------------------------------------------------------------------------
+
+    def full_sync(
+        self,
+        *,
+        push: bool = False,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        max_jobs: int = 0,
+        resume: bool = True,
+    ) -> SyncReport:
+        """Every project's jobs since its allocation start (or ``start``) -> pushed (if ``push``).
+
+        Jobs whose payload the API already accepted (per the ledger) are skipped.
+        """
+        end = end or self.clock.now()
+        report = SyncReport("full_sync", self.profile.name, not push, api_time(start) if start else None, api_time(end))
+        budget = _Budget(max_jobs)
+        with self._run_context(report) as book:
+            self.progress(activity="listing projects")
+            names = sorted({str(p["name"]) for p in self.api.projects()})
+            report.projects_total = len(names)
+            cursor = get_cursor(self.db, self.cursor_scope, "full_sync") if (push and resume) else None
+            if cursor and cursor.get("project") in names:
+                report.resumed_from = cursor["project"]
+                skipped = names.index(cursor["project"])
+                report.projects_done = skipped
+                names = names[skipped:]
+                book.info(f"resuming at project {report.resumed_from} ({skipped} projects done by an earlier run)")
+            for index, name in enumerate(names):
+                report.current_project = name
+                if self.cancel.is_set():
+                    raise StopRun("stop requested")
+                if budget.spent:
+                    raise StopRun(f"max_jobs={budget.limit} reached")
+                self.progress(activity=f"project {name}", project=name, projects_done=report.projects_done)
+                allocation = self.api.compute_allocation(name, self.profile.resource_for(name))
+                if allocation is None:
+                    report.projects_without_allocation.append(name)
+                    book.warning(f"project {name}: no {self.profile.resource_for(name)} allocation; skipped")
+                else:
+                    project_start = start or self._allocation_start(allocation.start_date, name, book)
+                    jobs = self.slurm.jobs_of_account(name, project_start, end)
+                    ready = self._finished(jobs, report)
+                    self._send(ready, report, book, push=push, skip_unchanged=True, budget=budget)
+                report.projects_done += 1
+                if push:
+                    following = names[index + 1] if index + 1 < len(names) else None
+                    set_cursor(self.db, self.cursor_scope, "full_sync", {"project": following} if following else None)
+            report.current_project = None
+            if push:
+                set_cursor(self.db, self.cursor_scope, "full_sync", None)
+        return report
+
+    def _allocation_start(self, start_date: str | None, project: str, book: BookkeepingLog) -> datetime:
+        if start_date:
+            try:
+                return self.clock.date_start(start_date)
+            except ValueError:
+                book.warning(f"project {project}: allocation start_date {start_date!r} is not a date")
+        return self.clock.period_start(self.profile.period_start_month, self.profile.period_start_day)
+
+    def _finished(self, jobs: Sequence[SacctJob], report: SyncReport) -> list[PreparedJob]:
+        ready = []
+        for job in jobs:
+            report.jobs_found += 1
+            if job.active:
+                report.still_running += 1
+            elif not job.started:
+                report.never_started += 1
+            else:
+                ready.append(self.prepare(job))
+        return ready
+
+    # -- pushing ---------------------------------------------------------------------------
+
+    def _send(
+        self,
+        jobs: list[PreparedJob],
+        report: SyncReport,
+        book: BookkeepingLog,
+        *,
+        push: bool,
+        skip_unchanged: bool,
+        budget: _Budget,
+    ) -> None:
+        for first in range(0, len(jobs), self.batch_size):
+            if self.cancel.is_set():
+                raise StopRun("stop requested")
+            batch = jobs[first : first + self.batch_size]
+            if skip_unchanged:
+                done = self.ledger.already_pushed(batch)
+                report.unchanged += len(done)
+                batch = [j for j in batch if j.jobslurmid not in done]
+            if not batch:
+                continue
+            if budget.spent:
+                raise StopRun(f"max_jobs={budget.limit} reached")
+            taken = budget.take(batch)
+            report.to_push += len(taken)
+            if push:
+                self._push_batch(taken, report, book)
+            else:
+                for job in taken:
+                    report.amount += job.amount
+                    book.job("COLLECTED", job.jobslurmid, job.payload)
+            self.progress(
+                activity="pushing" if push else "collecting (dry run)",
+                to_push=report.to_push,
+                pushed=report.pushed,
+                unchanged=report.unchanged,
+                rejected=report.rejected,
+            )
+            if len(taken) < len(batch):
+                raise StopRun(f"max_jobs={budget.limit} reached")
+
+    def _push_batch(self, batch: list[PreparedJob], report: SyncReport, book: BookkeepingLog) -> None:
+        if not batch:
+            return
+        self.ledger.record_intent(batch)
+        results = self._put_all(batch)
+        self.ledger.record_outcomes(results)
+        by_id = {j.jobslurmid: j for j in batch}
+        fatal: PushResult | None = None
+        for result in results:
+            job = by_id[result.jobslurmid]
+            if result.outcome == "pushed":
+                report.pushed += 1
+                report.amount += job.amount
+                book.job("UPDATED", job.jobslurmid, job.payload)
+            elif result.outcome == "rejected":
+                report.rejected += 1
+                report.note_problem(f"job {job.jobslurmid}: {result.error}")
+                book.warning(f"{job.jobslurmid} REJECTED : {result.error}")
+            elif result.outcome == "skipped":
+                report.not_sent += 1
+            else:
+                report.failed += 1
+                book.error(f"{job.jobslurmid} FAILED : {result.error}")
+                fatal = fatal or result
+        if fatal is not None:
+            error_class = ApiAuthError if fatal.outcome == "auth" else ApiUnavailable
+            raise error_class(fatal.error or "the API failed", status=fatal.http_status)
+
+    def _put_all(self, batch: list[PreparedJob]) -> list[PushResult]:
+        # Once one PUT finds the API down (after its retries) or the token refused, the
+        # others are not sent: they would only wait through the same retries.
+        halt = threading.Event()
+
+        def put(job: PreparedJob) -> PushResult:
+            if halt.is_set() or self.cancel.is_set():
+                return PushResult(job.jobslurmid, "skipped", None, "not sent: the run stopped first")
+            result = self.api.put_job(job.payload)
+            if result.outcome in ("unavailable", "auth"):
+                halt.set()
+            return result
+
+        if self.workers == 1 or len(batch) == 1:
+            return [put(j) for j in batch]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(batch)), thread_name_prefix="slurmsync-put") as pool:
+            return list(pool.map(put, batch))
+
+    # -- reverse sync ----------------------------------------------------------------------
+
+    def reverse_sync(self, *, apply: bool = False) -> ReverseSyncReport:
+        """API service units -> ``GrpTRESMins=cpu=<SU x 60>`` per Slurm account.
+
+        Writes the commands for the accounts whose limit differs to
+        ``reverse_sync_output_<target>.sh`` (reviewable, runnable) and, with ``apply``,
+        runs them.
+        """
+        report = ReverseSyncReport(self.profile.name, apply)
+        book = BookkeepingLog(self.log_dir, "reverse_sync", self.profile.name, not apply, self.token)
+        report.log_file = str(book.path)
+        try:
+            book.info(f"starting reverse sync against {self.api.base_url} (apply={apply})")
+            self.progress(activity="listing projects")
+            names = sorted({str(p["name"]) for p in self.api.projects()})
+            report.projects = len(names)
+            self.progress(activity="reading Slurm account limits", projects=len(names))
+            limits = self.slurm.account_limits()
+            for name in names:
+                if self.cancel.is_set():
+                    raise StopRun("stop requested")
+                if self.profile.excluded_from_reverse_sync(name):
+                    report.excluded.append(name)
+                    continue
+                allocation = self.api.compute_allocation(name, self.profile.resource_for(name))
+                if allocation is None:
+                    report.without_allocation.append(name)
+                    continue
+                service_units, _usage = self.api.service_units(allocation.id)
+                if service_units is None:
+                    report.without_service_units.append(name)
+                    continue
+                minutes = int(service_units * 60)
+                current = limits.get(name)
+                if current is None:
+                    report.missing_in_slurm.append(name)
+                    book.warning(f"project {name} ({service_units} SU) has no account in Slurm")
+                elif current.cpu_minutes == minutes:
+                    report.unchanged += 1
+                else:
+                    report.changes.append(LimitChange(name, service_units, minutes, current.cpu_minutes))
+            report.commands = [" ".join(set_limit_argv(self.sacctmgr, c.account, c.minutes)) for c in report.changes]
+            report.output_file = str(self._write_commands(report))
+            for change, command in zip(report.changes, report.commands, strict=True):
+                book.info(
+                    f"{change.account}: {change.service_units} SU -> cpu={change.minutes} min "
+                    f"(now {change.current_minutes if change.current_minutes is not None else 'unset'}): {command}"
+                )
+            if apply:
+                for change in report.changes:
+                    if self.cancel.is_set():
+                        raise StopRun("stop requested")
+                    self.progress(activity=f"setting the limit of {change.account}")
+                    try:
+                        self.slurm.set_account_minutes(change.account, change.minutes)
+                    except USER_ERRORS as exc:
+                        report.set_failed.append(f"{change.account}: {exc}")
+                        book.error(f"{change.account}: setting GrpTRESMins failed: {exc}")
+                    else:
+                        report.set_ok.append(change.account)
+                        book.info(f"{change.account}: GrpTRESMins=cpu={change.minutes} set")
+        except StopRun as stop:
+            report.error = str(stop)
+        except USER_ERRORS as exc:
+            report.error = str(exc)
+            book.error(str(exc))
+        finally:
+            report.finished_at = time.time()
+            report.api_requests = self.api.requests_made
+            book.info(report.message())
+            book.close()
+        return report
+
+    def _write_commands(self, report: ReverseSyncReport) -> Path:
+        path = self.log_dir / f"reverse_sync_output_{self.profile.name}.sh"
+        lines = [
+            "#!/bin/sh",
+            f"# hpcsync slurmsync reverse sync of {self.profile.name} ({self.api.base_url})",
+            f"# written {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {len(report.changes)} limits to change, "
+            f"{report.unchanged} already match the API",
+            "# Review, then run this file, or start reverse_sync with apply=True.",
+        ]
+        for name in report.missing_in_slurm:
+            lines.append(f"# project {name} has no Slurm account: nothing to set")
+        lines.extend(report.commands)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".reverse_sync.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        return path
+
+    # -- run bracket -----------------------------------------------------------------------
+
+    def _run_context(self, report: SyncReport):
+        return _RunContext(self, report)
+
+    def record(self, operation: str, dry_run: bool, job: Callable[[], Any]) -> Any:
+        """Run ``job`` inside an ``agent_runs`` row (intent before, outcome after)."""
+        with record_run(
+            self.db, agent_class=self.agent_class, instance_id=self.instance_id, operation=operation, dry_run=dry_run
+        ) as run:
+            report = job()
+            run.summary = report.summary()
+            if not report.ok:
+                run.status = "failed"
+                run.message = report.message()
+            elif isinstance(report, SyncReport) and not report.complete:
+                run.status = "stopped"
+                run.message = report.message()
+            return report
+
+
+class _RunContext:
+    """Opens the book-keeping log; turns a stop or a user error into the report's outcome."""
+
+    def __init__(self, engine: SlurmSyncEngine, report: SyncReport):
+        self.engine = engine
+        self.report = report
+
+    def __enter__(self) -> BookkeepingLog:
+        engine, report = self.engine, self.report
+        self.book = BookkeepingLog(engine.log_dir, report.operation, report.target, report.dry_run, engine.token)
+        report.log_file = str(self.book.path)
+        self.requests_before = engine.api.requests_made
+        self.commands_before = getattr(engine.slurm, "commands_run", 0)
+        self.book.info(
+            f"starting {report.operation} against {engine.api.base_url} from {engine.slurm.describe()} "
+            f"({'dry run' if report.dry_run else 'PUSH'}; window {report.start or 'allocation starts'} .. {report.end})"
+        )
+        return self.book
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        engine, report = self.engine, self.report
+        handled = False
+        if exc_type is not None and issubclass(exc_type, StopRun):
+            report.stopped_reason = str(exc)
+            handled = True
+        elif exc_type is not None and issubclass(exc_type, USER_ERRORS):
+            report.error = str(exc)
+            handled = True
+        if handled and report.operation == "full_sync" and report.current_project and not report.dry_run:
+            set_cursor(engine.db, engine.cursor_scope, "full_sync", {"project": report.current_project})
+            report.resume_at = report.current_project
+        report.unknown_partitions = sorted(engine.prices.unknown_seen)
+        report.api_requests = engine.api.requests_made - self.requests_before
+        report.sacct_calls = getattr(engine.slurm, "commands_run", 0) - self.commands_before
+        report.finished_at = time.time()
+        if report.error:
+            self.book.error(report.message())
+        else:
+            self.book.info(report.message())
+        self.book.close()
+        return handled

@@ -1,0 +1,182 @@
+"""Arguments shared by the agent and the CLI, and how they become a :class:`SlurmSyncEngine`.
+
+Nothing here reads a secret or touches the network at import or parse time: the profile,
+prices, token and database are resolved by :func:`build_engine` when a job starts, so a
+bad profile file or a missing token fails that job with a clear message and the agent
+stays up (and picks up a fixed file on the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.secrets import load_secret
+from hpcsync.db import Database, default_url, open_database
+
+from .clock import ClusterClock
+from .coldfront import ColdFrontApi
+from .engine import ProgressCallback, SlurmSyncEngine
+from .profiles import BUILTIN_PROFILES, select_profile
+from .slurm import SacctDump, Slurm
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options every SlurmSync job needs (target, token, Slurm, API, ledger)."""
+    parser.add_argument(
+        "--profile-file",
+        help="YAML file of target profiles (base_url, period_start, resources, prices, ...); "
+        "adds to or overrides the built-in profiles",
+    )
+    parser.add_argument(
+        "--token-file",
+        help="where the API token is: file:/path (or a bare path) holding 'Token <key>', or env:VARIABLE. "
+        "Never the token itself",
+    )
+    parser.add_argument("--api-url", help="override the profile's API base URL (e.g. a staging server)")
+    parser.add_argument(
+        "--price-file",
+        "--PRICE_FILE",
+        dest="price_file",
+        help="TOML file with a [PartitionPrice] table (the banking plugin's bank-config.toml); "
+        "overrides the profile's prices",
+    )
+    parser.add_argument(
+        "--cluster-tz",
+        help="IANA time zone the cluster's sacct prints times in (default: this machine's zone)",
+    )
+    parser.add_argument("--db", help="ledger database URL or SQLite path (default: $HPCSYNC_DB_URL or ~/.local/state)")
+    parser.add_argument("--sacct", default="sacct", help="sacct program (default: %(default)s)")
+    parser.add_argument("--sacctmgr", default="sacctmgr", help="sacctmgr program (default: %(default)s)")
+    parser.add_argument("--slurm-conf", help="SLURM_CONF for sacct/sacctmgr (default: their own default)")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="concurrent job uploads, one connection each (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--api-timeout", type=float, default=30.0, help="seconds per API request (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--api-retries",
+        type=int,
+        default=4,
+        help="retries of an API request on 5xx, timeouts and connection errors (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--api-backoff",
+        type=float,
+        default=1.0,
+        help="first wait between API retries in seconds, doubled each time (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--command-timeout",
+        type=float,
+        default=300.0,
+        help="seconds a sacct/sacctmgr call may take (default: %(default)s)",
+    )
+
+
+@dataclass
+class EngineSettings:
+    """The resolved-at-run-time settings of one SlurmSync target."""
+
+    target: str | None
+    profile_file: str | None = None
+    token_file: str | None = None
+    api_url: str | None = None
+    price_file: str | None = None
+    cluster_tz: str | None = None
+    db: str | None = None
+    log_dir: str | None = None
+    sacct: str = "sacct"
+    sacctmgr: str = "sacctmgr"
+    slurm_conf: str | None = None
+    sacct_file: str | None = None
+    workers: int = 4
+    api_timeout: float = 30.0
+    api_retries: int = 4
+    api_backoff: float = 1.0
+    command_timeout: float = 300.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> EngineSettings:
+        names = cls.__dataclass_fields__
+        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+        values.update(overrides)
+        return cls(**values)
+
+
+def build_engine(
+    settings: EngineSettings,
+    *,
+    db: Database | None = None,
+    cancel: threading.Event | None = None,
+    progress: ProgressCallback | None = None,
+    agent_class: str = "SlurmSync",
+    instance_id: str = "cli",
+) -> SlurmSyncEngine:
+    """Resolve profile, prices, clock, token, API, Slurm and ledger; raise a clear error."""
+    if settings.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {settings.workers}")
+    profile = select_profile(settings.target, settings.profile_file)
+    if settings.api_url:
+        if not settings.api_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--api-url {settings.api_url!r} must start with http:// or https://")
+        profile = replace(
+            profile, base_url=settings.api_url if settings.api_url.endswith("/") else settings.api_url + "/"
+        )
+    clock = ClusterClock(settings.cluster_tz)
+    prices = profile.price_table(settings.price_file)
+    if not settings.token_file:
+        raise ConfigError(
+            f"no API token configured for {profile.name}: pass --token-file file:/path/to/token or env:VARIABLE"
+        )
+    token = load_secret(settings.token_file, what=f"API token for {profile.name}")
+    cancel = cancel or threading.Event()
+    api = ColdFrontApi(
+        profile.base_url,
+        token,
+        timeout=settings.api_timeout,
+        retries=settings.api_retries,
+        backoff=settings.api_backoff,
+        cancel=cancel,
+    )
+    if settings.sacct_file:
+        slurm = SacctDump(settings.sacct_file, clock)
+    else:
+        slurm = Slurm(
+            clock,
+            sacct=settings.sacct,
+            sacctmgr=settings.sacctmgr,
+            slurm_conf=settings.slurm_conf,
+            timeout=settings.command_timeout,
+            cancel=cancel,
+        )
+    return SlurmSyncEngine(
+        profile=profile,
+        api=api,
+        slurm=slurm,
+        prices=prices,
+        clock=clock,
+        db=db or open_database(settings.db or default_url()),
+        log_dir=settings.log_dir or default_log_dir(instance_id),
+        token=token,
+        workers=settings.workers,
+        sacctmgr=settings.sacctmgr,
+        cancel=cancel,
+        progress=progress,
+        agent_class=agent_class,
+        instance_id=instance_id,
+    )
+
+
+def default_log_dir(instance_id: str) -> str:
+    """``$XDG_STATE_HOME/hpcsync/slurmsync/<instance>`` (book-keeping logs, command files)."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return str(state / "hpcsync" / "slurmsync" / instance_id)
+
+
+TARGET_HELP = f"target profile: {', '.join(sorted(BUILTIN_PROFILES))} or a name from --profile-file"
