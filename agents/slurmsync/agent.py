@@ -81,9 +81,7 @@ class SlurmSync:
 
     def _times(self, params: dict) -> dict:
         clock = ClusterClock(self.settings.cluster_tz)
-        return {
-            key: clock.parse_user_time(params[key], key) if params.get(key) else None for key in ("start", "end")
-        }
+        return {key: clock.parse_user_time(params[key], key) if params.get(key) else None for key in ("start", "end")}
 
     def _run_job(self, session: Any, operation: str, dry_run: bool, job: Callable[[SlurmSyncEngine], Any]):
         """Run one engine job as an op: progress into session.data, errors into degraded."""
@@ -124,9 +122,7 @@ class SlurmSync:
         if operation == "reverse_sync":
             data["limits_to_change"] = int(summary.get("limits_to_change", 0))
         try:
-            self.agent.publish_to_feed(
-                "sync_stats", {"block_name": operation, "timestamp": time.time(), "data": data}
-            )
+            self.agent.publish_to_feed("sync_stats", {"block_name": operation, "timestamp": time.time(), "data": data})
         except Exception as exc:  # a feed hiccup must not fail a finished sync
             self.log.warn("could not publish sync_stats: {err}", err=str(exc))
 
@@ -157,7 +153,9 @@ class SlurmSync:
                  'elapsed_s': 0.41, 'api_requests': 7, 'activity': 'done',
                  'timestamp': 1767225600.0}
         """
-        return self._run_job(session, "reverse_sync", not params["apply"], lambda e: e.reverse_sync(apply=params["apply"]))
+        return self._run_job(
+            session, "reverse_sync", not params["apply"], lambda e: e.reverse_sync(apply=params["apply"])
+        )
 
     @ocs_agent.param("push", default=False, type=bool)
     @ocs_agent.param("start", default=None, type=str, check=_is_time)

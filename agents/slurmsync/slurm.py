@@ -241,9 +241,9 @@ class Slurm:
             env["SLURM_CONF"] = self.slurm_conf
         return env
 
-    def _run(self, argv: list[str]) -> CommandResult:
+    def _run(self, argv: list[str], check: bool = True) -> CommandResult:
         self.commands_run += 1
-        return run_command(argv, timeout=self.timeout, env=self._env(), cancel=self.cancel)
+        return run_command(argv, timeout=self.timeout, env=self._env(), cancel=self.cancel, check=check)
 
     def jobs_by_id(self, job_ids: Sequence[str]) -> list[SacctJob]:
         """Current state of the given jobs (allocations only), in chunks of ids."""
@@ -282,10 +282,11 @@ class Slurm:
 
     def set_account_minutes(self, account: str, minutes: int) -> CommandResult:
         """Set the account's ``GrpTRESMins=cpu=<minutes>``; CommandError if sacctmgr refuses."""
-        result = self._run(set_limit_argv(self.sacctmgr, account, minutes))
-        text = (result.stdout + result.stderr).lower()
-        if "nothing modified" in text:
-            raise CommandError(f"sacctmgr modified nothing for account {account} (does it exist in Slurm?)", result)
+        result = self._run(set_limit_argv(self.sacctmgr, account, minutes), check=False)
+        if "nothing modified" in (result.stdout + result.stderr).lower():
+            raise CommandError(f"sacctmgr modified nothing for account {account} (is it an account in Slurm?)", result)
+        if not result.ok:
+            raise CommandError(result.describe(), result)
         return result
 
 

@@ -332,7 +332,9 @@ class ColdFrontEmulator:
         server = _Server((host, port), _Handler)
         server.emulator = self
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="coldfront-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="coldfront-emulator", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -977,6 +979,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as a real server behind a proxy offers
+    # Headers and body go out in two writes; without TCP_NODELAY the second waits for the
+    # client's delayed ACK (40 ms) on every keep-alive request.
+    disable_nagle_algorithm = True
     server_version = "ColdFrontEmulator/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters instead

@@ -1,0 +1,295 @@
+"""The sync engine against the ColdFront emulator, with jobs from sacct-format dump files.
+
+These exercise the ledger, pagination, outages and resumption without a Slurm cluster;
+``test_agent_hub.py`` runs the same jobs against real Slurm through the real hub.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import select
+
+from hpcsync.agents.cli import main as hpcsync_main
+from hpcsync.agents.slurmsync.options import EngineSettings, build_engine
+from hpcsync.agents.slurmsync.slurm import Slurm
+from hpcsync.db import open_database
+from hpcsync.db.models import SlurmJobPush
+
+from .conftest import ALICE, BOB, READER_TOKEN, STAFF_TOKEN, expected_amount, seed_world, write_profile, write_token
+
+ALICE_UID, BOB_UID = "5001", "5002"
+
+
+def sacct_line(
+    job_id: str,
+    account: str,
+    uid: str = ALICE_UID,
+    *,
+    state: str = "COMPLETED",
+    partition: str = "debug",
+    cpus: int = 1,
+    start: str = "2024-07-01T10:00:00",
+    end: str = "2024-07-01T11:00:00",
+    nodes: str = "n0001",
+) -> str:
+    submit = "2024-07-01T09:00:00"
+    return "|".join([
+        job_id, submit, start, end, uid, account, state, partition, "normal", nodes,
+        str(cpus), "1", "1", "3600", "01:00:00",
+    ])  # fmt: skip
+
+
+class World:
+    """An emulator, a dump file, a ledger and log dir: what one engine run needs."""
+
+    def __init__(self, emulator, tmp_path: Path):
+        self.emulator = emulator
+        self.tmp = tmp_path
+        seed_world(emulator, ALICE_UID, BOB_UID)
+        self.profile = write_profile(tmp_path / "profiles.yaml", emulator.api_url)
+        self.token = write_token(tmp_path / "token")
+        self.dump = tmp_path / "sacct.txt"
+        self.db_url = f"sqlite:///{tmp_path / 'ledger.db'}"
+        self.log_dir = tmp_path / "logs"
+
+    def write(self, lines: list[str]) -> None:
+        self.dump.write_text("\n".join(lines) + "\n")
+
+    def engine(self, **overrides):
+        settings = EngineSettings(
+            target="testbrc",
+            profile_file=str(self.profile),
+            token_file=f"file:{self.token}",
+            sacct_file=str(self.dump),
+            cluster_tz="America/Los_Angeles",
+            db=self.db_url,
+            log_dir=str(self.log_dir),
+            api_retries=1,
+            api_backoff=0.01,
+            api_timeout=5,
+        )
+        for key, value in overrides.items():
+            setattr(settings, key, value)
+        return build_engine(settings)
+
+    def ledger(self) -> dict[str, SlurmJobPush]:
+        db = open_database(self.db_url)
+        with db.session() as s:
+            return {row.jobslurmid: row for row in s.scalars(select(SlurmJobPush))}
+
+
+@pytest.fixture
+def world(emulator, tmp_path):
+    return World(emulator, tmp_path)
+
+
+BASIC = [
+    sacct_line("101", "pc_alpha", cpus=2),  # 2 CPUs x 1 h x 1800
+    sacct_line("102", "pc_alpha", state="FAILED", start="2024-07-01T10:00:00", end="2024-07-01T10:00:30"),
+    sacct_line("103", "fc_beta", BOB_UID, state="CANCELLED by 0", partition="long", nodes="n0[061-062].savio2"),
+    sacct_line("103.batch", "fc_beta", BOB_UID),  # a step: ignored
+    sacct_line("104", "fc_beta", state="RUNNING", end="Unknown"),  # still running: skipped
+    sacct_line("105", "fc_beta", state="CANCELLED by 5001", start="Unknown", end="2024-07-01T10:00:00"),  # never ran
+    sacct_line("106", "fc_beta", partition="gpu_unpriced"),  # unknown partition: 0 SU
+]
+
+
+def test_full_sync_dry_run_push_and_no_op_rerun(world):
+    world.write(BASIC)
+    dry = world.engine().full_sync(push=False)
+    assert dry.ok and dry.complete, dry.message()
+    assert (dry.to_push, dry.still_running, dry.never_started) == (4, 1, 1)
+    assert dry.amount == Decimal("3600.00") + Decimal("15.00") + Decimal("3600.00")
+    assert world.emulator.request_count("PUT") == 0 and world.emulator.usage("pc_alpha") == 0
+    debug_log = world.log_dir / "full_sync_testbrc_debug.log"
+    assert "101 COLLECTED : " in debug_log.read_text()
+
+    pushed = world.engine().full_sync(push=True)
+    assert pushed.ok and pushed.pushed == 4 and pushed.projects_without_allocation == ["ac_noalloc"], pushed.message()
+    assert pushed.unknown_partitions == ["gpu_unpriced"]
+    assert world.emulator.usage("pc_alpha") == Decimal("3615.00")
+    assert world.emulator.usage("fc_beta") == Decimal("3600.00")
+    assert world.emulator.user_usage("fc_beta", BOB) == Decimal("3600.00")
+    job = world.emulator.job("103")
+    assert job["nodes"] == [{"name": "n0061.savio2"}, {"name": "n0062.savio2"}]
+    assert job["jobstatus"] == "CANCELLED" and job["startdate"] == "2024-07-01T10:00:00-07:00"
+    assert world.emulator.job("101")["jobstatus"] == "COMPLETING"  # the banking plugins' word
+    assert world.emulator.job("106")["amount"] == "0.00"
+    assert "101 UPDATED : " in (world.log_dir / "full_sync_testbrc.log").read_text()
+    assert {row.state for row in world.ledger().values()} == {"pushed"}
+
+    puts = world.emulator.request_count("PUT")
+    again = world.engine().full_sync(push=True)
+    assert again.ok and (again.pushed, again.unchanged) == (0, 4), again.message()
+    assert world.emulator.request_count("PUT") == puts
+
+    # One job's data changes (a longer run): only it is pushed, usage moves by the difference.
+    world.write([line.replace("2024-07-01T10:00:30", "2024-07-01T10:01:00") for line in BASIC])
+    changed = world.engine().full_sync(push=True)
+    assert (changed.pushed, changed.unchanged) == (1, 3)
+    assert world.emulator.usage("pc_alpha") == Decimal("3600.00") + Decimal("30.00")
+
+
+def test_every_page_is_fetched_once_and_nothing_is_capped(world):
+    for n in range(246):
+        world.emulator.add_project(f"ic_p{n:03d}", resource=None)
+    world.write([sacct_line("1", "pc_alpha")])
+    report = world.engine().full_sync(push=True)
+    assert report.ok and report.projects_total == 250 and report.projects_done == 250
+    pages = {url: n for url, n in world.emulator.requests_by_url().items() if url.startswith("GET /api/projects/")}
+    assert sorted(pages) == ["GET /api/projects/", "GET /api/projects/?page=2", "GET /api/projects/?page=3"]
+    assert set(pages.values()) == {1}
+
+
+def test_running_jobs_over_many_pages(world):
+    lines = []
+    for n in range(1, 231):
+        job_id = str(1000 + n)
+        start = "2024-07-01T10:00:00"
+        body = {
+            "jobslurmid": job_id, "submitdate": "2024-07-01T16:00:00Z", "startdate": "2024-07-01T17:00:00Z",
+            "userid": ALICE_UID, "accountid": "pc_alpha", "amount": "100.00", "jobstatus": "RUNNING",
+            "partition": "debug",
+        }  # fmt: skip
+        requests.post(world.emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
+        state, end = ("RUNNING", "Unknown") if n % 10 == 0 else ("COMPLETED", "2024-07-01T10:00:10")
+        lines.append(sacct_line(job_id, "pc_alpha", state=state, start=start, end=end))
+    world.write(lines)
+    assert world.emulator.usage("pc_alpha") == Decimal("23000.00")  # 230 upper-bound estimates
+    kwargs = {"start": datetime(2024, 6, 1, tzinfo=timezone.utc), "end": None}
+    dry = world.engine().sync_running_jobs(push=False, **kwargs)
+    assert (dry.listed_running, dry.to_push, dry.still_running) == (230, 207, 23)
+    report = world.engine().sync_running_jobs(push=True, **kwargs)
+    assert report.ok and report.pushed == 207, report.message()
+    pages = [url for url in world.emulator.requests_by_url() if url.startswith("GET /api/jobs/")]
+    assert len(pages) == 3  # three pages, each fetched once by each of the two runs
+    assert all(world.emulator.requests_by_url()[url] == 2 for url in pages)
+    # 23 still running keep their estimate; 207 finished cost 10 s x 1800/h = 5.00 each
+    assert world.emulator.usage("pc_alpha") == Decimal("2300.00") + 207 * Decimal("5.00")
+    rerun = world.engine().sync_running_jobs(push=True, **kwargs)
+    assert (rerun.listed_running, rerun.pushed, rerun.still_running) == (23, 0, 23)
+
+
+def test_api_outage_mid_push_then_rerun_charges_each_job_once(world):
+    lines = [sacct_line(str(n), "pc_alpha") for n in range(1, 9)] + [
+        sacct_line(str(n), "fc_beta") for n in range(9, 13)
+    ]
+    world.write(lines)
+    world.emulator.inject_fault(status=503, after=5, methods=["PUT"])
+    failed = world.engine(workers=1).full_sync(push=True)
+    assert not failed.ok and "503" in failed.error and "gave up after 2 tries" in failed.error
+    # Projects go in name order: fc_beta's 4 jobs, then 1 of pc_alpha's before the outage.
+    assert failed.pushed == 5 and failed.resume_at == "pc_alpha"
+    assert "The next push run resumes at project pc_alpha" in failed.message()
+    assert world.emulator.usage("fc_beta") == 4 * Decimal("1800.00")
+    assert world.emulator.usage("pc_alpha") == Decimal("1800.00")
+    ledger = world.ledger()
+    assert ledger["2"].state == "failed" and ledger["2"].http_status is None and "503" in ledger["2"].error
+    assert ledger["3"].state == "pending" and "not sent" in ledger["3"].error  # halted before its PUT
+
+    world.emulator.clear_faults()
+    resumed = world.engine(workers=3).full_sync(push=True)
+    assert resumed.ok and resumed.resumed_from == "pc_alpha", resumed.message()
+    assert (resumed.pushed, resumed.unchanged) == (7, 1)
+    assert world.emulator.usage("pc_alpha") == 8 * Decimal("1800.00")
+    assert world.emulator.usage("fc_beta") == 4 * Decimal("1800.00")
+    assert {row.state for row in world.ledger().values()} == {"pushed"}
+
+
+def test_a_lost_reply_is_resent_without_charging_twice(world):
+    world.write([sacct_line("1", "pc_alpha"), sacct_line("2", "pc_alpha")])
+    world.emulator.inject_fault(mode="drop", count=1, methods=["PUT"])
+    report = world.engine().full_sync(push=True)
+    assert report.ok and report.pushed == 2
+    assert world.emulator.request_count("PUT") == 3  # one PUT was committed, its reply lost, and sent again
+    assert world.emulator.usage("pc_alpha") == 2 * Decimal("1800.00")
+
+
+def test_max_jobs_stops_says_where_and_the_next_run_resumes_there(world):
+    world.write(
+        [sacct_line(str(n), "fc_beta") for n in range(1, 5)] + [sacct_line(str(n), "pc_alpha") for n in range(5, 9)]
+    )
+    first = world.engine().full_sync(push=True, max_jobs=3)
+    assert first.ok and not first.complete and first.pushed == 3
+    assert first.stopped_reason == "max_jobs=3 reached" and first.resume_at == "fc_beta"
+    second = world.engine().full_sync(push=True, max_jobs=3)
+    assert second.resumed_from == "fc_beta" and (second.pushed, second.unchanged) == (3, 3)
+    assert second.resume_at == "pc_alpha"
+    third = world.engine().full_sync(push=True, max_jobs=3)
+    assert third.complete and third.resumed_from == "pc_alpha" and third.pushed == 2
+    assert world.emulator.usage("fc_beta") + world.emulator.usage("pc_alpha") == 8 * Decimal("1800.00")
+    final = world.engine().full_sync(push=True)
+    assert final.complete and final.resumed_from is None and final.pushed == 0
+
+
+def test_a_job_the_api_rejects_is_reported_and_the_rest_pushed(world):
+    world.write([sacct_line("1", "pc_alpha", BOB_UID), sacct_line("2", "pc_alpha")])  # bob is not in pc_alpha
+    report = world.engine().full_sync(push=True)
+    assert report.ok and (report.pushed, report.rejected) == (1, 1)
+    assert "1 rejected by the API" in report.message()
+    assert any(f"User {BOB} is not a member of account pc_alpha" in p for p in report.problems)
+    assert world.ledger()["1"].state == "rejected" and world.ledger()["1"].http_status == 400
+
+
+def test_refused_tokens_fail_the_run_with_a_clear_error(world):
+    world.write([sacct_line("1", "pc_alpha")])
+    write_token(world.token, READER_TOKEN)  # can read, cannot write
+    read_only = world.engine().full_sync(push=True)
+    assert not read_only.ok and "HTTP 403" in read_only.error and "token was refused" in read_only.error
+    write_token(world.token, "not-a-token")
+    wrong = world.engine().full_sync(push=False)
+    assert not wrong.ok and "HTTP 401" in wrong.error
+    world.token.unlink()
+    with pytest.raises(Exception, match=f"file {world.token} does not exist"):
+        world.engine()
+
+
+def test_malformed_sacct_output_and_missing_sacct_are_named(world):
+    world.write([sacct_line("1", "pc_alpha"), sacct_line("2", "pc_alpha").replace("|n0001|1|", "|n0001|x|")])
+    report = world.engine().full_sync(push=False)
+    assert not report.ok and f"sacct dump {world.dump} line 2: job 2: field AllocCPUS 'x'" in report.error
+    assert "Failed at project pc_alpha" in report.message()
+
+    engine = world.engine()
+    engine.slurm = Slurm(engine.clock, sacct="/nonexistent/sacct")
+    missing = engine.full_sync(push=False)
+    assert not missing.ok and "cannot run /nonexistent/sacct" in missing.error
+
+
+def test_fewer_than_ten_jobs_and_no_token_in_any_file(world):
+    world.write([sacct_line("1", "pc_alpha")])
+    report = world.engine().full_sync(push=True)
+    assert report.ok and report.pushed == 1
+    for path in [*world.log_dir.iterdir(), world.tmp / "ledger.db"]:
+        assert STAFF_TOKEN.encode() not in path.read_bytes(), path
+
+
+def test_cli_full_sync_and_clear_errors(world, capsys, monkeypatch):
+    world.write(BASIC)
+    monkeypatch.chdir(world.tmp)
+    common = ["slurmsync", "full-sync", "-T", "testbrc", "--profile-file", str(world.profile),
+              "--sacct-file", str(world.dump), "--db", world.db_url, "--cluster-tz", "America/Los_Angeles"]  # fmt: skip
+    assert hpcsync_main([*common, "--token-file", str(world.token), "--PUSH"]) == 0
+    out = capsys.readouterr().out
+    assert "full sync of testbrc: pushed 4 jobs (7215.00 SU)" in out
+    assert (world.tmp / "full_sync_testbrc.log").exists()  # the seed's log name, in the cwd
+    # Without --token-file the seed's config file name is used; it does not exist here.
+    assert hpcsync_main(common) == 1
+    err = capsys.readouterr().err
+    assert "full_sync_testbrc.conf does not exist" in err
+    assert hpcsync_main([*common, "--token-file", str(world.token), "-s", "2024-02-30"]) == 1
+    assert "-s/--start '2024-02-30' is not a time" in capsys.readouterr().err
+
+
+def test_formula_matches_the_reference(world):
+    # 3 CPUs on `long` for 1234 s; the test's own formula agrees with the engine's payload.
+    world.write([sacct_line("1", "pc_alpha", partition="long", cpus=3, end="2024-07-01T10:20:34")])
+    world.engine().full_sync(push=True)
+    assert Decimal(world.emulator.job("1")["amount"]) == expected_amount("long", 3, 1234)
+    assert world.emulator.job("1")["raw_time"] == pytest.approx(1234 / 3600, abs=1e-6)
+    assert world.emulator.job("1")["userid"] == ALICE_UID and ALICE in world.emulator.users
