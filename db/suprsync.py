@@ -173,6 +173,7 @@ class FileTask:
     local_size: int | None
     local_mtime: float | None
     failed_copy_attempts: int
+    registered_at: float = 0.0
 
 
 @dataclass
@@ -273,7 +274,11 @@ class SupRsyncFilesManager:
         it copies it. Returns the (detached) row.
         """
         report = self.add_files(
-            [(local_abspath, remote_relpath, local_md5sum)], archive, deletable=deletable, timestamp=timestamp
+            [(local_abspath, remote_relpath, local_md5sum)],
+            archive,
+            deletable=deletable,
+            timestamp=timestamp,
+            want_ids=True,
         )
         with self.session() as s:
             return s.get(SupRsyncFile, report.ids[0])
@@ -284,9 +289,12 @@ class SupRsyncFilesManager:
         archive: str,
         deletable: bool = True,
         timestamp: float | None = None,
+        *,
+        want_ids: bool = False,
     ) -> AddReport:
         """Register many files: ``entries`` are ``(local_abspath, remote_relpath[, md5])``
-        tuples or dicts with those keys. One transaction per 2000 files.
+        tuples or dicts with those keys. One transaction per 2000 files. With ``want_ids``
+        the report lists the row id of every entry (one more query per chunk).
 
         Every entry is checked (file exists, remote path stays inside the base directory)
         before anything is written; one bad entry raises and registers nothing of its chunk.
@@ -297,10 +305,10 @@ class SupRsyncFilesManager:
         for entry in entries:
             prepared.append(self._prepare(entry, archive, deletable, timestamp))
             if len(prepared) >= CHUNK:
-                self._add_chunk(prepared, archive, report)
+                self._add_chunk(prepared, archive, report, want_ids)
                 prepared = []
         if prepared:
-            self._add_chunk(prepared, archive, report)
+            self._add_chunk(prepared, archive, report, want_ids)
         return report
 
     @staticmethod
@@ -335,7 +343,7 @@ class SupRsyncFilesManager:
             "deletable": bool(deletable),
         }
 
-    def _add_chunk(self, rows: list[dict[str, Any]], archive: str, report: AddReport) -> None:
+    def _add_chunk(self, rows: list[dict[str, Any]], archive: str, report: AddReport, want_ids: bool) -> None:
         by_hash = {r["remote_path_hash"]: r for r in rows}  # the last entry for a path wins
         t = SupRsyncFile.__table__
         with self.session() as s:
@@ -363,6 +371,7 @@ class SupRsyncFilesManager:
             if new:
                 _insert_ignore(s, SupRsyncFile, new)
                 report.added += len(new)
+            if new and want_ids:
                 ids = {}
                 for part in _chunks([r["remote_path_hash"] for r in new], IN_CHUNK):
                     q = select(t.c.remote_path_hash, t.c.id).where(
@@ -666,16 +675,23 @@ class SupRsyncFilesManager:
 
     # -- what the copy loop uses -------------------------------------------------------------
 
-    def next_batch(self, archive: str, limit: int) -> list[FileTask]:
-        """The oldest ``limit`` pending files of ``archive`` (index seek)."""
+    def next_batch(self, archive: str, limit: int, after: tuple[float, int] | None = None) -> list[FileTask]:
+        """The oldest ``limit`` pending files of ``archive`` (index seek).
+
+        ``after`` = ``(registered_at, id)`` of the last file of the previous batch: keyset
+        pagination, so a batch still being verified is not handed out twice.
+        """
         t = SupRsyncFile.__table__
         q = (
             select(t.c.id, t.c.local_path, t.c.remote_path, t.c.local_md5sum, t.c.local_size, t.c.local_mtime,
-                   t.c.failed_copy_attempts)
+                   t.c.failed_copy_attempts, t.c.registered_at)
             .where(t.c.archive_name == archive, t.c.status == "pending")
             .order_by(t.c.registered_at, t.c.id)
             .limit(int(limit))
         )  # fmt: skip
+        if after is not None:
+            ts, last_id = after
+            q = q.where(or_(t.c.registered_at > ts, and_(t.c.registered_at == ts, t.c.id > last_id)))
         with self.session() as s:
             return [FileTask(*row) for row in s.execute(q)]
 
@@ -922,6 +938,7 @@ class SupRsyncFilesManager:
 def _insert_ignore(s: Session, model, rows: list[dict[str, Any]]) -> None:
     """INSERT rows, skipping those that hit a unique constraint (a concurrent producer)."""
     name = s.get_bind().dialect.name
+    model = getattr(model, "__table__", model)  # Core insert: no ORM bookkeeping per row
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
 

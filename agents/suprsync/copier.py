@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from hpcsync.db.suprsync import (
     same_signature,
 )
 
-from .backends import Backend, Item, RemoteUnreachable
+from .backends import Backend, Item, PutOutcome, RemoteUnreachable
 
 log = logging.getLogger("hpcsync.suprsync")
 
@@ -121,8 +122,24 @@ class BatchReport:
         return data
 
 
+@dataclass
+class _Sent:
+    """A batch after stage one (prepared and rsync'ed), waiting for its md5 check."""
+
+    report: BatchReport
+    tasks: list
+    results: list[CopyResult]
+    sendable: list
+    put: Any = None
+
+
 class Copier:
-    """Copies batches of one archive's pending files through a :class:`Backend`."""
+    """Copies batches of one archive's pending files through a :class:`Backend`.
+
+    :meth:`copy_batches` pipelines two stages: while batch N is checked on the destination
+    and its outcome committed (a worker thread), batch N+1 is hashed locally and sent.
+    Batches are taken with keyset pagination, so a batch being checked is never sent twice.
+    """
 
     def __init__(
         self,
@@ -137,43 +154,116 @@ class Copier:
         self.cancel = cancel or threading.Event()
 
     def copy_batch(self) -> BatchReport:
+        """Pick, send, check and record one batch (no pipelining)."""
+        sent = self._pick(None)
+        self._put(sent)
+        return self._check(sent)
+
+    def copy_batches(self, max_seconds: float) -> list[BatchReport]:
+        """Copy full batches back to back for up to ``max_seconds``, over one connection.
+
+        Three stages overlap: while batch N is sent (this thread), batch N+1 is picked and
+        hashed and batch N-1 is checked on the destination and recorded (two worker
+        threads). Stops after a batch that was not full, a stop request, or an unreachable
+        destination; a batch picked but not sent then is simply left pending.
+        """
+        deadline = time.monotonic() + max_seconds
+        reports: list[BatchReport] = []
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="suprsync-copy") as pool:
+            picking = pool.submit(self._pick, None)  # overlaps the connection setup
+            checking = None
+            try:
+                with self.backend.connection(cancel=self.cancel):
+                    while True:
+                        sent = picking.result()
+                        picking = None
+                        if not sent.tasks:
+                            break
+                        more = sent.report.full and not sent.report.stopped and time.monotonic() < deadline
+                        if more:
+                            last = sent.tasks[-1]
+                            picking = pool.submit(self._pick, (last.registered_at, last.id))
+                        self._put(sent)
+                        if checking is not None:
+                            reports.append(checking.result())
+                            checking = None
+                            if reports[-1].unreachable or reports[-1].stopped:
+                                break  # the batch just sent is checked next time
+                        if sent.report.unreachable or sent.report.stopped or not more or self.cancel.is_set():
+                            reports.append(self._check(sent))
+                            break
+                        checking = pool.submit(self._check, sent)
+                    if checking is not None:
+                        reports.append(checking.result())
+            except RemoteUnreachable as exc:  # the connection itself could not be made
+                if checking is not None:
+                    reports.append(checking.result())
+                report = BatchReport(start_time=time.time(), stop_time=time.time(), error=str(exc), unreachable=True)
+                reports.append(report)
+                log.warning("%s; pending files are tried again later", exc)
+            finally:
+                if picking is not None:
+                    picking.cancel()
+        return reports
+
+    # -- stage one: pick and hash; then send -------------------------------------------------------
+
+    def _pick(self, after) -> _Sent:
         s = self.settings
         report = BatchReport(start_time=time.time())
-        tasks = self.manager.next_batch(s.archive, s.files_per_batch)
+        tasks = self.manager.next_batch(s.archive, s.files_per_batch, after=after)
         report.size = len(tasks)
         report.full = len(tasks) >= s.files_per_batch
+        sent = _Sent(report, tasks, [], [])
         if not tasks:
-            report.stop_time = time.time()
-            return report
+            return sent
         self.manager.mark_attempt_started([t.id for t in tasks], report.start_time)
-
-        results: list[CopyResult] = []
-        sendable = []  # (task, md5, signature)
         for task in tasks:
             if self.cancel.is_set():
                 report.stopped = True
                 break
             outcome = self._prepare(task)
             if isinstance(outcome, CopyResult):
-                results.append(outcome)
+                sent.results.append(outcome)
             else:
-                sendable.append(outcome)
+                sent.sendable.append(outcome)
+        return sent
 
-        if sendable and not report.stopped:
+    def _put(self, sent: _Sent) -> None:
+        report = sent.report
+        if not sent.sendable or report.stopped:
+            return
+        nbytes = sum(sig[0] for _t, _m, sig in sent.sendable)
+        items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sent.sendable]
+        try:
+            sent.put = self.backend.put(items, timeout=self.settings.rsync_timeout(nbytes), cancel=self.cancel)
+        except CommandCancelled:
+            report.stopped = True
+        except RemoteUnreachable as exc:
+            report.unreachable = True
+            report.error = str(exc)
+
+    # -- stage two: check on the destination, record -------------------------------------------------
+
+    def _check(self, sent: _Sent) -> BatchReport:
+        report = sent.report
+        results = list(sent.results)
+        if sent.sendable and sent.put is not None and not report.stopped and not report.unreachable:
             try:
-                results += self._send_and_verify(sendable, report)
+                results += self._verify(sent.sendable, sent.put, report)
             except CommandCancelled:
                 report.stopped = True
             except RemoteUnreachable as exc:
                 report.unreachable = True
                 report.error = str(exc)
-                log.warning("%s; %d files stay pending and are tried again later", exc, len(sendable))
-
+        if report.unreachable:
+            log.warning("%s; %d files stay pending and are tried again later", report.error, len(sent.sendable))
         # Outcomes are committed even when the transfer failed: attempts are never lost.
-        self.manager.record_results(results, s.max_copy_attempts)
+        self.manager.record_results(results, self.settings.max_copy_attempts)
+        path_of = {t.id: t.local_path for t in sent.tasks}
         for r in results:
-            ok = r.outcome == "verified"
-            report.files.append((self._path_of(tasks, r.id), ok))
+            if len(report.files) < REPORTED_FILES:
+                report.files.append((path_of.get(r.id, ""), r.outcome == "verified"))
             if r.outcome == "verified":
                 report.verified += 1
                 report.bytes += r.local_size or 0
@@ -186,19 +276,13 @@ class Copier:
         if report.stopped and not report.error:
             report.error = "stopped before the batch finished; unfinished files stay pending"
         report.stop_time = time.time()
-        log.info(
-            "batch of %d: %d verified, %d failed, %d missing, %d changed in %.2f s%s",
-            report.size, report.verified, report.failed, report.missing, report.changed,
-            report.stop_time - report.start_time, f" ({report.error})" if report.error else "",
-        )  # fmt: skip
+        if report.size:
+            log.info(
+                "batch of %d: %d verified, %d failed, %d missing, %d changed in %.2f s%s",
+                report.size, report.verified, report.failed, report.missing, report.changed,
+                report.stop_time - report.start_time, f" ({report.error})" if report.error else "",
+            )  # fmt: skip
         return report
-
-    @staticmethod
-    def _path_of(tasks, file_id) -> str:
-        for t in tasks:
-            if t.id == file_id:
-                return t.local_path
-        return ""
 
     def _prepare(self, task):
         """A CopyResult if the file cannot be sent now, else ``(task, md5, signature)``."""
@@ -221,16 +305,14 @@ class Copier:
                 return CopyResult(task.id, "changed", error="local file changed while it was hashed; sent later")
         return (task, md5, sig)
 
-    def _send_and_verify(self, sendable, report: BatchReport) -> list[CopyResult]:
+    def _verify(self, sendable, put: PutOutcome, report: BatchReport) -> list[CopyResult]:
         s = self.settings
-        nbytes = sum(sig[0] for _t, _m, sig in sendable)
-        items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sendable]
-        put = self.backend.put(items, timeout=s.rsync_timeout(nbytes), cancel=self.cancel)
         if not put.ok:
             report.rsync_failed = True
             report.timed_out = put.timed_out
             report.error = put.error
             log.warning("rsync to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
+        nbytes = sum(sig[0] for _t, _m, sig in sendable)
         remote = self.backend.md5sums([t.remote_path for t, _m, _s in sendable], timeout=s.md5_timeout(nbytes),
                                       cancel=self.cancel)  # fmt: skip
         results = []

@@ -128,10 +128,11 @@ class SupRsyncEngine:
     # -- steps ----------------------------------------------------------------------------
 
     def _copy_step(self, report: IterationReport) -> None:
+        if not self.manager.has_pending(self.settings.archive):
+            return  # idle: not even a connection to the destination
         copier = Copier(self.manager, self.backend, self.settings.copy, cancel=self.cancel)
-        deadline = time.monotonic() + COPY_STEP_BUDGET
-        while not self.cancel.is_set():
-            batch = copier.copy_batch()
+        batches = copier.copy_batches(COPY_STEP_BUDGET)
+        for batch in batches:
             report.batches.append(batch)
             self.counters["copies"] += batch.verified
             self.counters["bytes_copied"] += batch.bytes
@@ -140,16 +141,13 @@ class SupRsyncEngine:
                 report.unreachable = True
                 self.counters["errors_unreachable"] += 1
                 self._error(batch.error or "destination unreachable")
-                return
-            if batch.rsync_failed:
+            elif batch.rsync_failed:
                 self.counters["errors_timeout" if batch.timed_out else "errors_nonzero"] += 1
                 self._error(f"rsync failed: {batch.error}")
                 report.errors.append(batch.error or "rsync failed")
-            if not batch.full or batch.stopped:
-                return
-            if time.monotonic() > deadline:
-                report.more_work = True
-                return
+        last = batches[-1] if batches else None
+        if last is not None and last.full and not (last.stopped or last.unreachable):
+            report.more_work = True  # the time budget ran out with more to copy
 
     def _delete_step(self, report: IterationReport) -> None:
         result = delete_files(self.manager, self.settings.archive, self.settings.delete_after, cancel=self.cancel)
