@@ -17,6 +17,7 @@ VERSION = "0.1.0"
 #: Agent packages whose ``cli`` module adds subcommands (``hpcsync <agent> ...``).
 AGENT_CLI_MODULES: list[str] = [
     "hpcsync.agents.slurmsync.cli",
+    "hpcsync.agents.suprsync.cli",
 ]
 
 
