@@ -6,4 +6,7 @@ instance in the site config.
 
 package_name = "hpcsync"
 
-agents: dict[str, dict[str, str]] = {}
+agents: dict[str, dict[str, str]] = {
+    "SlurmSync": {"module": "hpcsync.agents.slurmsync.agent", "entry_point": "main"},
+    "SupRsync": {"module": "hpcsync.agents.suprsync.agent", "entry_point": "main"},
+}
