@@ -1,0 +1,215 @@
+"""The copy loop against a local destination (real rsync), with faults switched on:
+attempts are counted and never lost, one bad file never blocks a batch, nothing is deleted
+unverified, changed files are sent again, hostile names round-trip."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from hpcsync.agents.suprsync.backends import LocalRsyncBackend, parse_md5sum_output
+from hpcsync.agents.suprsync.copier import Copier, CopySettings
+from hpcsync.agents.suprsync.deleter import delete_files
+
+from .conftest import ARCHIVE, HOSTILE_NAMES, FaultyBackend, files_under, make_engine, md5, status_of, tc_now, write
+
+
+def test_md5sum_output_with_escaped_names_is_parsed():
+    out = (
+        b"d41d8cd98f00b204e9800998ecf8427e  plain name.dat\n"
+        b"\\0cc175b9c0f1b6a831c399e269772661  new\\nline\\\\back.dat\n"
+        b"92eb5ffee6ae2fec3ad71c777531578f *-dash.dat\n"
+        b"md5sum: gone.dat: No such file or directory\n"
+    )
+    assert parse_md5sum_output(out) == {
+        "plain name.dat": "d41d8cd98f00b204e9800998ecf8427e",
+        "new\nline\\back.dat": "0cc175b9c0f1b6a831c399e269772661",
+        "-dash.dat": "92eb5ffee6ae2fec3ad71c777531578f",
+    }
+
+
+def test_hostile_names_round_trip_and_verify(ledger, src, dst, tmp_path):
+    tc = tc_now()
+    entries = []
+    for i, name in enumerate(HOSTILE_NAMES):
+        f = write(src / name, f"payload {i}\n")
+        entries.append((str(f), f"{tc}/{name}/{name}"))
+    ledger.add_files(entries, ARCHIVE)
+    report = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+    assert report.ok, report.errors
+    assert status_of(ledger)["copied"] == len(HOSTILE_NAMES)
+    for local, remote in entries:
+        assert md5(dst / remote) == md5(local)
+    assert not (dst / "pwned").exists() and not (tmp_path / "pwned").exists()
+
+
+def test_one_bad_file_never_blocks_the_batch_and_attempts_are_counted(ledger, src, dst, tmp_path):
+    for i in range(10):
+        ledger.add_file(str(write(src / f"f{i}", f"content {i}")), f"d/f{i}", ARCHIVE)
+    backend = FaultyBackend(dst)
+    backend.corrupt = {"d/f3"}  # arrives damaged
+    backend.drop = {"d/f7"}  # rsync fails for it (exit 23)
+    engine = make_engine(ledger, backend, tmp_path, max_copy_attempts=3)
+
+    report = engine.iterate()
+    assert report.batches[0].verified == 8
+    assert engine.counters["errors_nonzero"] == 1 and engine.counters["failed_copies"] == 2
+    assert status_of(ledger)["copied"] == 8 and status_of(ledger)["pending"] == 2
+
+    engine.iterate()
+    engine.iterate()  # third failed attempt: the limit
+    assert status_of(ledger)["failed"] == 2
+    bad = {r.remote_path: r for r in ledger.list_files(ARCHIVE)}
+    assert bad["d/f3"].failed_copy_attempts == 3 and "differs from local md5" in bad["d/f3"].last_error
+    assert "not found on the destination" in bad["d/f7"].last_error
+
+    puts = backend.puts
+    engine.iterate()  # nothing left to try: failed files are not retried
+    assert backend.puts == puts
+
+    backend.corrupt = set()
+    backend.drop = set()
+    assert ledger.retry_files(ARCHIVE) == 2
+    engine.iterate()
+    assert status_of(ledger)["copied"] == 10
+
+
+def test_unreachable_destination_counts_no_attempt(ledger, src, dst, tmp_path):
+    for i in range(5):
+        ledger.add_file(str(write(src / f"f{i}", str(i))), f"f{i}", ARCHIVE)
+    backend = FaultyBackend(dst)
+    backend.unreachable = True
+    engine = make_engine(ledger, backend, tmp_path, max_copy_attempts=1)
+    for _ in range(3):
+        report = engine.iterate()
+        assert report.unreachable and not report.ok
+    assert engine.counters["errors_unreachable"] == 3
+    assert status_of(ledger)["pending"] == 5  # a down remote is not the files' fault
+    assert all(r.failed_copy_attempts == 0 for r in ledger.get_copyable_files(ARCHIVE))
+    backend.unreachable = False
+    assert engine.iterate().ok
+    assert status_of(ledger)["copied"] == 5
+
+
+def test_a_vanished_local_file_counts_once_per_attempt(ledger, src, dst, tmp_path):
+    f = write(src / "soon-gone", "x")
+    ledger.add_file(str(f), "soon-gone", ARCHIVE)
+    ledger.add_file(str(write(src / "ok", "y")), "ok", ARCHIVE)
+    f.unlink()
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path, max_copy_attempts=2)
+    engine.iterate()
+    row = ledger.list_files(ARCHIVE, ("pending",), limit=5)[0]
+    assert row.failed_copy_attempts == 1 and "does not exist" in row.last_error
+    engine.iterate()
+    assert status_of(ledger) == {"pending": 0, "copied": 1, "removed": 0, "failed": 0, "ignored": 0, "missing": 1}
+
+
+def test_a_backlog_larger_than_socs_could_check_goes_through_with_defaults(ledger, tmp_path):
+    """socs ran one md5sum with every path as arguments: it failed at ~5,000 files. With
+    the defaults (batches of 1000, md5sum fed on stdin) 6,000 pending files copy in one
+    loop iteration."""
+    src = tmp_path / "src"
+    tc = tc_now()
+    name = "x" * 100  # long names, as pysmurf's, make a long argv
+    entries = [
+        (str(write(src / f"{i // 500}" / f"{name}{i}", str(i))), f"{tc}/{i // 500}/{name}{i}") for i in range(6000)
+    ]
+    ledger.add_files(entries, ARCHIVE)
+    engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst")), tmp_path)
+    report = engine.iterate()
+    assert report.ok, report.errors
+    assert [b.size for b in report.batches] == [1000] * 6
+    assert status_of(ledger)["copied"] == 6000
+
+
+def test_delete_waits_for_the_delay_counted_from_the_verified_copy(ledger, src, dst, tmp_path):
+    long_ago = time.time() - 10 * 86400
+    f = write(src / "a", "a")
+    ledger.add_file(str(f), "a", ARCHIVE, timestamp=long_ago)  # registered 10 days ago
+    keep = write(src / "keep", "k")
+    ledger.add_file(str(keep), "keep", ARCHIVE, deletable=False)
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path, delete_after=3600)
+    engine.iterate()
+    assert f.exists(), "deleted although its verified copy is younger than the delay"
+    assert delete_files(ledger, ARCHIVE, 3600, now=time.time() + 3601).removed == 1
+    assert not f.exists() and (dst / "a").read_text() == "a"
+    assert delete_files(ledger, ARCHIVE, 0).removed == 0
+    assert keep.exists()
+    assert status_of(ledger)["removed"] == 1
+
+
+def test_nothing_unverified_is_ever_deleted(ledger, src, dst, tmp_path):
+    good = write(src / "good", "g")
+    bad = write(src / "bad", "b")
+    ledger.add_files([(str(good), "good"), (str(bad), "bad")], ARCHIVE)
+    backend = FaultyBackend(dst)
+    backend.corrupt = {"bad"}
+    engine = make_engine(ledger, backend, tmp_path, delete_after=0, max_copy_attempts=1)
+    engine.iterate()
+    assert not good.exists() and bad.exists()
+    assert status_of(ledger)["failed"] == 1
+
+
+def test_a_file_changed_after_registration_is_hashed_and_sent_again(ledger, src, dst, tmp_path):
+    """socs#475: md5s were never refreshed. Here a rewrite before the copy is hashed at
+    copy time, and a rewrite after the copy is caught right before deletion and re-sent."""
+    f = write(src / "f", "version 1")
+    ledger.add_file(str(f), "f", ARCHIVE)
+    write(src / "f", "version 2, longer")  # changed before the first copy
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path)
+    engine.iterate()
+    assert (dst / "f").read_text() == "version 2, longer"
+
+    write(src / "f", "version 3 after the copy")
+    os.utime(src / "f", (time.time() + 5, time.time() + 5))
+    result = delete_files(ledger, ARCHIVE, 0)
+    assert result.requeued == 1 and result.removed == 0 and f.exists()
+    engine.iterate()
+    assert (dst / "f").read_text() == "version 3 after the copy"
+    assert delete_files(ledger, ARCHIVE, 0).removed == 1 and not f.exists()
+
+
+def test_undeletable_files_are_not_retried_every_loop(ledger, src, dst, tmp_path, monkeypatch):
+    f = write(src / "locked", "x")
+    ledger.add_file(str(f), "locked", ARCHIVE)
+    make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "remove", refuse)
+    assert delete_files(ledger, ARCHIVE, 0).kept == 1
+    assert delete_files(ledger, ARCHIVE, 0).kept == 0  # no longer a deletion candidate
+    row = ledger.get_known_files(ARCHIVE)[0]
+    assert not row.deletable and "Permission denied" in row.last_error and f.exists()
+
+
+def test_a_stop_request_interrupts_a_long_rsync(ledger, src, tmp_path):
+    import threading
+
+    big = write(src / "big", os.urandom(4 << 20))
+    ledger.add_file(str(big), "big", ARCHIVE)
+    backend = LocalRsyncBackend(str(tmp_path / "dst"), bwlimit="200")  # 4 MiB at 200 KiB/s: ~20 s
+    cancel = threading.Event()
+    copier = Copier(ledger, backend, CopySettings(ARCHIVE), cancel=cancel)
+    threading.Timer(0.5, cancel.set).start()
+    started = time.monotonic()
+    report = copier.copy_batch()
+    assert time.monotonic() - started < 2.5
+    assert report.stopped and report.verified == 0
+    row = ledger.get_known_files(ARCHIVE)[0]
+    assert row.status == "pending" and row.failed_copy_attempts == 0  # a stop is not a failure
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_pipelined_batches_copy_each_file_once(ledger, src, dst, tmp_path, batch):
+    entries = [(str(write(src / f"f{i}", str(i))), f"{tc_now()}/f{i}") for i in range(40)]
+    ledger.add_files(entries, ARCHIVE)
+    backend = FaultyBackend(dst)
+    engine = make_engine(ledger, backend, tmp_path, files_per_batch=batch)
+    report = engine.iterate()
+    assert report.ok and sum(b.verified for b in report.batches) == 40
+    assert backend.puts == -(-40 // batch)  # every file sent exactly once
+    assert files_under(dst) == {remote: md5(local) for local, remote in entries}

@@ -1,0 +1,274 @@
+"""The files ledger: registration, queries that touch only pending rows, operator actions,
+the socs import, and several processes sharing one ledger."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import time
+
+import pytest
+from sqlalchemy import event
+
+from hpcsync.db.suprsync import (
+    CopyResult,
+    RemotePathError,
+    SupRsyncError,
+    SupRsyncFilesManager,
+    import_socs_database,
+    normalize_remote_path,
+)
+
+from .conftest import ARCHIVE, make_engine, status_of, tc_now, write
+
+
+def test_add_file_stats_the_file_and_creates_its_timecode_dir(ledger, src):
+    f = write(src / "a.g3", "data")
+    tc = tc_now()
+    row = ledger.add_file(str(f), f"{tc}/obs1/a.g3", ARCHIVE)
+    assert row.status == "pending" and row.local_md5sum is None  # hashed when copied, not now
+    assert row.local_size == 4 and abs(row.local_mtime - f.stat().st_mtime) < 1e-3
+    assert row.timecode == tc and row.deletable
+    assert [d.timecode for d in ledger.open_timecode_dirs(ARCHIVE)] == [tc]
+    assert ledger.open_timecode_dirs("other") == []
+
+
+@pytest.mark.parametrize("bad", ["/etc/passwd", "../outside", "a/../../outside", "a/..", "", "/", ".", "./", "a\0b"])
+def test_remote_paths_that_escape_the_base_dir_are_refused(ledger, src, bad):
+    f = write(src / "a", "x")
+    with pytest.raises(RemotePathError):
+        ledger.add_file(str(f), bad, ARCHIVE)
+    assert status_of(ledger) == {}
+
+
+def test_remote_paths_are_normalized():
+    assert normalize_remote_path("16000//obs/./a.g3") == "16000/obs/a.g3"
+    assert normalize_remote_path("./a") == "a"
+    assert normalize_remote_path("a..b/..c") == "a..b/..c"  # dots inside names are fine
+
+
+def test_missing_or_odd_local_files_are_refused_with_the_path(ledger, src):
+    with pytest.raises(SupRsyncError, match="does not exist"):
+        ledger.add_file(str(src / "nope"), "x", ARCHIVE)
+    with pytest.raises(SupRsyncError, match="not a regular file"):
+        ledger.add_file(str(src), "x", ARCHIVE)
+
+
+def test_bulk_registration_is_cheap_and_reregistration_is_an_upsert(ledger, src):
+    entries = [(str(write(src / f"d{i % 10}" / f"f{i}", str(i))), f"{tc_now()}/d{i % 10}/f{i}") for i in range(5000)]
+    started = time.perf_counter()
+    report = ledger.add_files(entries, ARCHIVE)
+    elapsed = time.perf_counter() - started
+    assert report.added == 5000
+    assert elapsed < 5, f"registering 5000 files took {elapsed:.1f} s"
+
+    again = ledger.add_files(entries, ARCHIVE)
+    assert (again.added, again.requeued, again.unchanged) == (0, 0, 5000)
+    assert status_of(ledger)["pending"] == 5000
+
+    # The producer rewrites one file and registers it again: it is sent again.
+    ledger.record_results([CopyResult(1, "verified", "0" * 32, 1, 1.0, "0" * 32)], 5)
+    write(src / "d0" / "f0", "rewritten, longer")
+    report = ledger.add_files([entries[0]], ARCHIVE)
+    assert report.requeued == 1
+    row = ledger.get_known_files(ARCHIVE, limit=1)[0]
+    assert row.status == "pending" and row.local_size == len("rewritten, longer") and row.remote_md5sum is None
+
+
+def test_archive_stats_and_finalized_until(ledger, src):
+    t0 = 1_700_000_000.0
+    ids = [
+        ledger.add_file(str(write(src / f"f{i}", str(i))), f"{tc_now()}/f{i}", ARCHIVE, timestamp=t0 + i).id
+        for i in range(4)
+    ]
+    ledger.add_file(str(write(src / "other", "o")), "other", "smurf", timestamp=t0 - 100)
+    assert ledger.get_finalized_until(ARCHIVE) == t0 - 1
+    ledger.record_results(
+        [
+            CopyResult(ids[0], "verified", "a" * 32, 1, 1.0, "a" * 32),
+            CopyResult(ids[1], "verified", "b" * 32, 1, 1.0, "b" * 32),
+        ],
+        5,
+    )
+    stats = ledger.get_archive_stats(ARCHIVE)
+    assert stats["num_files"] == 4 and stats["uncopied_files"] == 2 and stats["failed_files"] == 0
+    assert stats["finalized_until"] == t0 + 2 - 1
+    assert stats["last_file_added"].endswith("f3")
+    assert stats["last_file_copied"].endswith(("f0", "f1"))
+    ledger.ignore_files(ARCHIVE, [ids[2]], statuses=["pending"])
+    assert ledger.get_finalized_until(ARCHIVE) == t0 + 3 - 1  # ignored files do not hold it back
+    # num_files follows new rows incrementally
+    ledger.add_file(str(write(src / "f9", "9")), "f9", ARCHIVE)
+    assert ledger.get_archive_stats(ARCHIVE)["num_files"] == 5
+
+
+def test_operator_actions(ledger, src):
+    ids = [ledger.add_file(str(write(src / f"f{i}", str(i))), f"f{i}", ARCHIVE).id for i in range(3)]
+    for _ in range(2):
+        ledger.record_results([CopyResult(ids[0], "failed", error="remote md5 x differs")], max_copy_attempts=2)
+    ledger.record_results([CopyResult(ids[1], "missing", error="local file gone")], max_copy_attempts=1)
+    assert status_of(ledger) == {"pending": 1, "copied": 0, "removed": 0, "failed": 1, "ignored": 0, "missing": 1}
+    listed = ledger.list_files(ARCHIVE)
+    assert {r.id for r in listed} == {ids[0], ids[1]} and "differs" in listed[0].last_error
+    assert ledger.ignore_files(ARCHIVE, dry_run=True) == 2
+    assert status_of(ledger)["failed"] == 1  # a dry run changes nothing
+    assert ledger.retry_files(ARCHIVE, [ids[0]]) == 1
+    row = ledger.get_copyable_files(ARCHIVE)[0]
+    assert row.id == ids[0] and row.failed_copy_attempts == 0
+    assert ledger.ignore_files(ARCHIVE, statuses=["missing"]) == 1
+    summary = ledger.status_summary()[ARCHIVE]
+    assert summary["ignored"] == 1 and summary["pending"] == 2 and summary["total"] == 3
+    with pytest.raises(SupRsyncError, match="unknown file status"):
+        ledger.retry_files(ARCHIVE, statuses=["bogus"])
+
+
+def test_the_idle_loop_only_seeks_indexes(ledger, src, tmp_path):
+    """Every query of an idle iteration (copy, delete, finalize, stats) is an index search:
+    EXPLAIN QUERY PLAN shows no scan of the files table."""
+    for i in range(50):
+        ledger.add_file(str(write(src / f"f{i}", str(i))), f"{tc_now(-3)}/f{i}", ARCHIVE)
+    engine = make_engine(ledger, FakeNothing(), tmp_path, delete_after=3600)
+    ledger.record_results(
+        [CopyResult(r.id, "verified", "a" * 32, 1, 1.0, "a" * 32) for r in ledger.get_copyable_files(ARCHIVE)], 5
+    )
+    engine.iterate()  # finalizes the old timecode dir; registers its finalization file
+    ledger.record_results(
+        [CopyResult(r.id, "verified", "a" * 32, 1, 1.0, "a" * 32) for r in ledger.get_copyable_files(ARCHIVE)], 5
+    )
+    engine.iterate()  # first full count of rows happens here, once
+    statements: list[tuple[str, object]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    event.listen(ledger.db.engine, "before_cursor_execute", capture)
+    try:
+        report = engine.iterate()
+    finally:
+        event.remove(ledger.db.engine, "before_cursor_execute", capture)
+    assert report.ok, report.errors
+    assert statements, "the idle loop ran no query at all?"
+    raw = sqlite3.connect(ledger.db.engine.url.database)
+    for statement, params in statements:
+        plan = " / ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, params or ()))
+        assert "SCAN suprsync_files" not in plan, f"{statement}\n-> {plan}"
+    raw.close()
+
+
+class FakeNothing:
+    """A backend that must not be used (idle loop)."""
+
+    basedir = "/nowhere"
+
+    def describe(self):
+        return "nowhere"
+
+    def connection(self, cancel=None):
+        raise AssertionError("the idle loop opened a connection to the destination")
+
+    def put(self, *a, **k):
+        raise AssertionError("put called in an idle loop")
+
+    def md5sums(self, *a, **k):
+        raise AssertionError("md5sums called in an idle loop")
+
+
+def test_ledger_on_every_backend(db_url, tmp_path):
+    """Registration, batches, outcomes, stats and timecode dirs on SQLite, PostgreSQL, MariaDB."""
+    manager = SupRsyncFilesManager(db_url)
+    try:
+        src = tmp_path / "src"
+        entries = [(str(write(src / f"f{i}", str(i))), f"{tc_now(-2)}/sub/f{i}") for i in range(30)]
+        entries.append((str(write(src / "long", "L")), "d/" * 1500 + "long"))
+        assert manager.add_files(entries, ARCHIVE).added == 31
+        assert manager.add_files(entries[:5], ARCHIVE).unchanged == 5
+        first = manager.next_batch(ARCHIVE, 10)
+        second = manager.next_batch(ARCHIVE, 10, after=(first[-1].registered_at, first[-1].id))
+        assert len(first) == len(second) == 10 and not {t.id for t in first} & {t.id for t in second}
+        manager.record_results([CopyResult(t.id, "verified", "a" * 32, 1, 1.0, "a" * 32) for t in first], 5)
+        manager.record_results([CopyResult(t.id, "failed", error="x") for t in second], 1)
+        stats = manager.get_archive_stats(ARCHIVE)
+        assert (stats["num_files"], stats["uncopied_files"], stats["failed_files"]) == (31, 21, 10)
+        assert manager.timecode_dir_unsynced(ARCHIVE, tc_now(-2)) == 20
+        assert manager.retry_files(ARCHIVE) == 10
+        assert manager.status_summary(ARCHIVE)[ARCHIVE]["pending"] == 21
+    finally:
+        manager.dispose()
+
+
+def _producer(url: str, root: str, worker: int, n: int) -> None:
+    manager = SupRsyncFilesManager(url)
+    for i in range(n):
+        path = os.path.join(root, f"w{worker}", f"f{i}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(f"{worker}-{i}")
+        manager.add_file(path, f"{tc_now()}/w{worker}/f{i}", ARCHIVE)  # one transaction per file
+    manager.dispose()
+
+
+def test_producers_in_other_processes_and_the_agent_share_one_sqlite_ledger(ledger, tmp_path):
+    """Three producer processes register files one by one while the copy loop runs and
+    operator queries read: nobody sees "database is locked", every file is copied."""
+    from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+
+    url = str(ledger.db.engine.url)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_producer, args=(url, str(tmp_path / "src"), w, 150)) for w in range(3)]
+    for p in procs:
+        p.start()
+    engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst")), tmp_path, files_per_batch=100)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        report = engine.iterate()
+        assert report.ok, report.errors
+        ledger.status_summary()
+        if not any(p.is_alive() for p in procs) and not ledger.has_pending(ARCHIVE):
+            break
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert status_of(ledger)["copied"] == 450
+    assert engine.counters["errors_db"] == 0
+
+
+def test_import_of_a_socs_database(tmp_path, ledger):
+    socs = tmp_path / "socs.db"
+    conn = sqlite3.connect(socs)
+    conn.executescript(
+        """
+        CREATE TABLE supersync_v0 (id INTEGER PRIMARY KEY, local_path VARCHAR NOT NULL,
+            local_md5sum VARCHAR NOT NULL, archive_name VARCHAR NOT NULL, remote_path VARCHAR NOT NULL,
+            timestamp FLOAT NOT NULL, remote_md5sum VARCHAR, copied FLOAT, removed FLOAT,
+            failed_copy_attempts INTEGER, deletable BOOLEAN, ignore BOOLEAN);
+        CREATE TABLE timecode_dirs_v0 (id INTEGER PRIMARY KEY, timecode INTEGER, archive_name VARCHAR,
+            completed BOOLEAN, synced BOOLEAN, finalized BOOLEAN, finalize_file_id INTEGER);
+        """
+    )
+    live = write(tmp_path / "data" / "live.g3", "live")
+    rows = [
+        (1, "/gone/a", "m1", "smurf", "16000/a", 1.0, "m1", 2.0, 3.0, 0, 1, 0),  # removed
+        (2, str(live), "m2", "smurf", "16000/b", 1.0, "m2", 2.0, None, 0, 1, 0),  # copied
+        (3, str(live), "m3", "smurf", "16000/c", 1.0, None, None, None, 1, 1, 0),  # pending
+        (4, str(live), "m4", "smurf", "16000/d", 1.0, "xx", None, None, 5, 1, 0),  # failed
+        (5, str(live), "m5", "smurf", "16000/e", 1.0, None, None, None, 0, 1, 1),  # ignored
+        (6, str(live), "m6", "smurf", "../escape", 1.0, None, None, None, 0, 1, 0),  # refused
+        (7, str(live), "m7", "smurf", "16000/c", 5.0, None, None, None, 0, 1, 0),  # duplicate of 3: newest wins
+        (8, "/f/fin.yaml", "m8", "smurf", "16001/suprsync/x/fin.yaml", 4.0, "m8", 4.5, None, 0, 1, 0),
+    ]
+    conn.executemany("INSERT INTO supersync_v0 VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    conn.execute("INSERT INTO timecode_dirs_v0 VALUES (1, 16000, 'smurf', 1, 1, 1, 8)")
+    conn.commit()
+    conn.close()
+
+    report = import_socs_database(socs, ledger)
+    assert report.files == 8 and report.imported == 6 and report.duplicates == 1 and len(report.refused) == 1
+    assert report.by_status == {"removed": 1, "copied": 2, "pending": 1, "failed": 1, "ignored": 1}
+    summary = ledger.status_summary("smurf")["smurf"]
+    assert summary["total"] == 6 and summary["timecode_dirs_finalized"] == 1
+    pending = ledger.get_copyable_files("smurf")
+    assert [r.remote_path for r in pending] == ["16000/c"] and pending[0].registered_at == 5.0
+    assert pending[0].local_md5sum is None  # hashed again when copied
+    assert import_socs_database(socs, ledger).already_known == 6  # a second run adds nothing
