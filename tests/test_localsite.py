@@ -100,3 +100,33 @@ def test_broken_site_config_is_one_clear_line(tmp_path):
     result = _run("up", "--site-file", str(site), "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 1
     assert result.stderr.strip() == f"hpcsync up: site config {site}: hub.wamp_server must be a non-empty string"
+
+
+def test_the_shipped_demo_comes_up_and_copies_a_registered_file(tmp_path):
+    """``site-configs/default.yaml`` as the README starts it (on a free port, paths in tmp)."""
+    import time
+
+    shipped = (Path(__file__).resolve().parents[1] / "site-configs" / "default.yaml").read_text()
+    port = free_port()
+    demo = tmp_path / "demo"
+    site = tmp_path / "default.yaml"
+    site.write_text(shipped.replace(":8001/", f":{port}/").replace("/tmp/hpcsync-demo", str(demo)))
+    common = ["--site-file", str(site), "--run-dir", str(tmp_path / "run")]
+    try:
+        up = _run("up", *common)
+        assert up.returncode == 0, up.stdout + up.stderr
+        report = json.loads(_run("status", *common, "--json").stdout)
+        (agent,) = report["agents"]
+        assert agent["registered"] and agent["ops"]["run"]["status"] == "running"
+
+        data = tmp_path / "data.bin"
+        data.write_bytes(b"demo payload\n" * 100)
+        add = _run("suprsync", "--db", str(demo / "ledger.db"), "add", "--archive", "demo", str(data), "a/data.bin")
+        assert add.returncode == 0, add.stderr
+        copied = demo / "remote" / "a" / "data.bin"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not copied.exists():
+            time.sleep(0.5)
+        assert copied.read_bytes() == data.read_bytes()
+    finally:
+        _run("down", *common)
