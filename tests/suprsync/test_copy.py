@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend, parse_md5sum_output
 from hpcsync.agents.suprsync.copier import Copier, CopySettings
 from hpcsync.agents.suprsync.deleter import delete_files
+from hpcsync.db.suprsync import SupRsyncFilesManager
 
 from .conftest import ARCHIVE, HOSTILE_NAMES, FaultyBackend, files_under, make_engine, md5, status_of, tc_now, write
 
@@ -213,3 +215,38 @@ def test_pipelined_batches_copy_each_file_once(ledger, src, dst, tmp_path, batch
     assert report.ok and sum(b.verified for b in report.batches) == 40
     assert backend.puts == -(-40 // batch)  # every file sent exactly once
     assert files_under(dst) == {remote: md5(local) for local, remote in entries}
+
+
+def test_a_backlog_of_100000_files_with_default_settings(tmp_path):
+    """100,000 registered files: registration in bulk, then copied and verified with the
+    agent's defaults (batches of 1000). Files live on tmpfs to keep the test short."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="suprsync-100k-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    try:
+        src = base / "src"
+        tc = tc_now()
+        entries = []
+        for d in range(100):
+            (src / f"{d:03d}").mkdir(parents=True)
+            for i in range(1000):
+                p = src / f"{d:03d}" / f"{i:04d}"
+                p.write_bytes(b"%d" % (d * 1000 + i))
+                entries.append((str(p), f"{tc}/{d:03d}/{i:04d}"))
+        manager = SupRsyncFilesManager(tmp_path / "l.db")
+        started = time.perf_counter()
+        assert manager.add_files(entries, ARCHIVE).added == 100_000
+        registration = time.perf_counter() - started
+        engine = make_engine(manager, LocalRsyncBackend(str(base / "dst")), tmp_path)
+        started = time.perf_counter()
+        while manager.has_pending(ARCHIVE):
+            report = engine.iterate()
+            assert report.ok, report.errors
+            assert all(b.size <= 1000 for b in report.batches)
+        copying = time.perf_counter() - started
+        assert status_of(manager)["copied"] == 100_000
+        print(f"\n100k files: registered in {registration:.1f} s, copied and verified in {copying:.1f} s")
+        manager.dispose()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
