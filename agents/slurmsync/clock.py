@@ -71,7 +71,9 @@ class ClusterClock:
         """
         if not text or text in ("Unknown", "None", "N/A"):
             return None
-        return self.localize(datetime.strptime(text, SACCT_TIME_FORMAT))
+        if len(text) != 19 or text[10] != "T":
+            raise ValueError(f"expected {SACCT_TIME_FORMAT}")
+        return self.localize(datetime.fromisoformat(text))
 
     def sacct_arg(self, when: datetime) -> str:
         """``when`` as a -S/-E argument (cluster-local wall clock)."""

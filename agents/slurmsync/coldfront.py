@@ -3,7 +3,8 @@
 Built on :class:`hpcsync.agents.core.http.ApiClient` (timeouts, bounded retries on 5xx and
 timeouts, :class:`ApiAuthError` on 401/403). Lists follow every ``next`` link, each page
 once (the original scripts fetched page 1 twice, built ``/api//jobs`` and stopped silently
-after 50 pages). Job upserts go out concurrently, one HTTP session per worker thread.
+after 50 pages). Job upserts go out concurrently through :class:`~.upload.JsonSender`, one
+persistent connection per worker thread.
 
 The token file holds what the seed's config files held: ``Token <key>`` (a bare key is
 accepted and prefixed). The header value lives only in the sessions' headers.
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from hpcsync.agents.core.http import ApiAuthError, ApiClient, ApiError, ApiUnavailable
 from hpcsync.agents.core.secrets import Secret
+
+from .upload import JsonSender, proxy_applies
 
 SERVICE_UNITS = "Service Units"
 
@@ -69,6 +72,9 @@ class ColdFrontApi:
         self._local = threading.local()
         self._clients: list[ApiClient] = []
         self._clients_lock = threading.Lock()
+        self._base_path = urlsplit(base_url).path.rstrip("/") + "/"
+        # Writes go through the lean sender unless a proxy must be honoured (requests does).
+        self._sender = None if proxy_applies(base_url) else JsonSender(base_url, self._header, **self._options)
 
     def __repr__(self) -> str:
         return f"ColdFrontApi({self.base_url!r})"
@@ -87,12 +93,15 @@ class ColdFrontApi:
     @property
     def requests_made(self) -> int:
         with self._clients_lock:
-            return sum(c.requests_made for c in self._clients)
+            made = sum(c.requests_made for c in self._clients)
+        return made + (self._sender.requests_made if self._sender else 0)
 
     def close(self) -> None:
         with self._clients_lock:
             for client in self._clients:
                 client.session.close()
+        if self._sender:
+            self._sender.close()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -142,15 +151,19 @@ class ColdFrontApi:
     def put_job(self, payload: dict) -> PushResult:
         """PUT (upsert) one job; never raises for a job-level problem, says what happened."""
         jobslurmid = payload["jobslurmid"]
+        path = f"jobs/{quote(jobslurmid, safe='')}/"
         try:
-            resp = self.client.request("PUT", f"jobs/{quote(jobslurmid, safe='')}/", json=payload)
+            if self._sender is not None:
+                status = self._sender.send("PUT", self._base_path + path, payload)
+            else:
+                status = self.client.request("PUT", path, json=payload).status_code
         except ApiAuthError as exc:
             return PushResult(jobslurmid, "auth", exc.status, str(exc))
         except ApiUnavailable as exc:
             return PushResult(jobslurmid, "unavailable", exc.status, str(exc))
         except ApiError as exc:
             return PushResult(jobslurmid, "rejected", exc.status, str(exc))
-        return PushResult(jobslurmid, "pushed", resp.status_code)
+        return PushResult(jobslurmid, "pushed", status)
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -283,6 +283,14 @@ class _Budget:
         return self.remaining is not None and self.remaining <= 0
 
 
+@dataclass
+class _InFlight:
+    """A batch whose PUTs are running."""
+
+    batch: list[PreparedJob]
+    futures: list[Future]
+
+
 class SlurmSyncEngine:
     """The jobs of one target.
 
@@ -328,6 +336,7 @@ class SlurmSyncEngine:
         self.progress = progress or (lambda **_: None)
         self.agent_class = agent_class
         self.instance_id = instance_id
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def cursor_scope(self) -> str:
@@ -485,46 +494,75 @@ class SlurmSyncEngine:
         skip_unchanged: bool,
         budget: _Budget,
     ) -> None:
-        for first in range(0, len(jobs), self.batch_size):
-            if self.cancel.is_set():
-                raise StopRun("stop requested")
-            batch = jobs[first : first + self.batch_size]
-            if skip_unchanged:
-                done = self.ledger.already_pushed(batch)
-                report.unchanged += len(done)
-                batch = [j for j in batch if j.jobslurmid not in done]
-            if not batch:
-                continue
-            if budget.spent:
-                raise StopRun(f"max_jobs={budget.limit} reached")
-            taken = budget.take(batch)
-            report.to_push += len(taken)
-            if push:
-                self._push_batch(taken, report, book)
-            else:
-                for job in taken:
-                    report.amount += job.amount
-                    book.job("COLLECTED", job.jobslurmid, job.payload)
-            self.progress(
-                activity="pushing" if push else "collecting (dry run)",
-                to_push=report.to_push,
-                pushed=report.pushed,
-                unchanged=report.unchanged,
-                rejected=report.rejected,
-            )
-            if len(taken) < len(batch):
-                raise StopRun(f"max_jobs={budget.limit} reached")
+        # Batches are pipelined: while batch N's PUTs run on the workers, this thread
+        # commits batch N+1's intent and then batch N's outcomes. Each batch's intent is
+        # still committed before any of its PUTs, and its outcomes after all of them.
+        halt = threading.Event()
+        in_flight: _InFlight | None = None
+        try:
+            for first in range(0, len(jobs), self.batch_size):
+                if self.cancel.is_set():
+                    raise StopRun("stop requested")
+                batch = jobs[first : first + self.batch_size]
+                if skip_unchanged:
+                    done = self.ledger.already_pushed(batch)
+                    report.unchanged += len(done)
+                    batch = [j for j in batch if j.jobslurmid not in done]
+                if not batch:
+                    continue
+                if budget.spent:
+                    raise StopRun(f"max_jobs={budget.limit} reached")
+                taken = budget.take(batch)
+                report.to_push += len(taken)
+                if push:
+                    self.ledger.record_intent(taken)
+                    previous, in_flight = in_flight, self._start_puts(taken, halt)
+                    if previous is not None:
+                        self._finish(previous, report, book)
+                else:
+                    for job in taken:
+                        report.amount += job.amount
+                        book.job("COLLECTED", job.jobslurmid, job.payload)
+                self.progress(
+                    activity="pushing" if push else "collecting (dry run)",
+                    to_push=report.to_push,
+                    pushed=report.pushed,
+                    unchanged=report.unchanged,
+                    rejected=report.rejected,
+                )
+                if len(taken) < len(batch):
+                    raise StopRun(f"max_jobs={budget.limit} reached")
+        except BaseException:
+            if in_flight is not None:
+                try:
+                    self._finish(in_flight, report, book)
+                except USER_ERRORS:
+                    pass  # the first problem is the one reported
+            raise
+        if in_flight is not None:
+            self._finish(in_flight, report, book)
 
-    def _push_batch(self, batch: list[PreparedJob], report: SyncReport, book: BookkeepingLog) -> None:
-        if not batch:
-            return
-        self.ledger.record_intent(batch)
-        results = self._put_all(batch)
+    def _start_puts(self, batch: list[PreparedJob], halt: threading.Event) -> _InFlight:
+        # Once one PUT finds the API down (after its retries) or the token refused, the
+        # others are not sent: they would only wait through the same retries.
+        def put(job: PreparedJob) -> PushResult:
+            if halt.is_set() or self.cancel.is_set():
+                return PushResult(job.jobslurmid, "skipped", None, "not sent: the run stopped first")
+            result = self.api.put_job(job.payload)
+            if result.outcome in ("unavailable", "auth"):
+                halt.set()
+            return result
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="slurmsync-put")
+        return _InFlight(batch, [self._pool.submit(put, job) for job in batch])
+
+    def _finish(self, in_flight: _InFlight, report: SyncReport, book: BookkeepingLog) -> None:
+        """Wait for a batch's PUTs, commit their outcomes, count them; raise if the API failed."""
+        results = [future.result() for future in in_flight.futures]
         self.ledger.record_outcomes(results)
-        by_id = {j.jobslurmid: j for j in batch}
         fatal: PushResult | None = None
-        for result in results:
-            job = by_id[result.jobslurmid]
+        for job, result in zip(in_flight.batch, results, strict=True):
             if result.outcome == "pushed":
                 report.pushed += 1
                 report.amount += job.amount
@@ -543,23 +581,12 @@ class SlurmSyncEngine:
             error_class = ApiAuthError if fatal.outcome == "auth" else ApiUnavailable
             raise error_class(fatal.error or "the API failed", status=fatal.http_status)
 
-    def _put_all(self, batch: list[PreparedJob]) -> list[PushResult]:
-        # Once one PUT finds the API down (after its retries) or the token refused, the
-        # others are not sent: they would only wait through the same retries.
-        halt = threading.Event()
-
-        def put(job: PreparedJob) -> PushResult:
-            if halt.is_set() or self.cancel.is_set():
-                return PushResult(job.jobslurmid, "skipped", None, "not sent: the run stopped first")
-            result = self.api.put_job(job.payload)
-            if result.outcome in ("unavailable", "auth"):
-                halt.set()
-            return result
-
-        if self.workers == 1 or len(batch) == 1:
-            return [put(j) for j in batch]
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(batch)), thread_name_prefix="slurmsync-put") as pool:
-            return list(pool.map(put, batch))
+    def close(self) -> None:
+        """Stop the upload workers and close the API connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.api.close()
 
     # -- reverse sync ----------------------------------------------------------------------
 
@@ -707,6 +734,9 @@ class _RunContext:
         if handled and report.operation == "full_sync" and report.current_project and not report.dry_run:
             set_cursor(engine.db, engine.cursor_scope, "full_sync", {"project": report.current_project})
             report.resume_at = report.current_project
+        if engine._pool is not None:
+            engine._pool.shutdown(wait=True)
+            engine._pool = None
         report.unknown_partitions = sorted(engine.prices.unknown_seen)
         report.api_requests = engine.api.requests_made - self.requests_before
         report.sacct_calls = getattr(engine.slurm, "commands_run", 0) - self.commands_before

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hpcsync.db import Database
@@ -41,6 +41,8 @@ STATE_OF_OUTCOME = {
 
 # IN-lists stay well under every backend's parameter limit.
 _QUERY_CHUNK = 500
+_TABLE = SlurmJobPush.__table__
+_INTENT_COLUMNS = ("account", "jobstatus", "amount", "payload_hash", "state", "attempted_at", "error")
 
 
 def payload_hash(payload: dict) -> str:
@@ -87,60 +89,70 @@ class JobLedger:
     def record_intent(self, jobs: Sequence[PreparedJob]) -> None:
         """Commit ``pushing`` for every job of the batch, before any of its PUTs."""
         now = time.time()
-
-        def apply(row: SlurmJobPush, job: PreparedJob) -> None:
-            row.account = job.account
-            row.jobstatus = job.jobstatus
-            row.amount = job.amount
-            row.payload_hash = job.hash
-            row.state = "pushing"
-            row.attempted_at = now
-            row.error = None
-
-        self._upsert({j.jobslurmid: j for j in jobs}, apply)
+        values = {
+            j.jobslurmid: {
+                "account": j.account, "jobstatus": j.jobstatus, "amount": j.amount, "payload_hash": j.hash,
+                "state": "pushing", "attempted_at": now, "error": None,
+            }
+            for j in jobs
+        }  # fmt: skip
+        # Core statements with executemany: the ORM's unit of work cost more than the PUTs.
+        for attempt in range(2):
+            try:
+                with self.db.session() as s:
+                    known = self._known_ids(s, list(values))
+                    new = [{"target": self.target, "jobslurmid": k, **v} for k, v in values.items() if k not in known]
+                    if new:
+                        s.execute(insert(_TABLE), new)
+                    old = [{"b_job": k, **{f"v_{c}": x for c, x in v.items()}} for k, v in values.items() if k in known]
+                    if old:
+                        s.execute(self._update(*_INTENT_COLUMNS), old)
+                return
+            except IntegrityError:
+                # Another run inserted one of these jobs meanwhile; the retry updates it.
+                if attempt:
+                    raise
 
     def record_outcomes(self, results: Iterable[PushResult]) -> None:
         """Commit what each PUT of the batch did."""
         now = time.time()
-        by_id = {r.jobslurmid: r for r in results}
+        pushed, other = [], []
+        for r in results:
+            row = {
+                "b_job": r.jobslurmid, "v_state": STATE_OF_OUTCOME[r.outcome], "v_http_status": r.http_status,
+                "v_error": r.error[:2000] if r.error else None,
+            }  # fmt: skip
+            if r.outcome == "pushed":
+                pushed.append({**row, "v_pushed_at": now})
+            else:
+                other.append(row)
+        with self.db.session() as s:
+            if pushed:
+                # pushed_hash takes the hash committed with the intent: what was sent.
+                stmt = self._update("state", "http_status", "error", "pushed_at")
+                s.execute(stmt.values(pushed_hash=_TABLE.c.payload_hash), pushed)
+            if other:
+                s.execute(self._update("state", "http_status", "error"), other)
 
-        def apply(row: SlurmJobPush, result: PushResult) -> None:
-            row.state = STATE_OF_OUTCOME[result.outcome]
-            row.http_status = result.http_status
-            row.error = result.error[:2000] if result.error else None
-            if result.outcome == "pushed":
-                row.pushed_hash = row.payload_hash
-                row.pushed_at = now
+    def _known_ids(self, s, ids: list[str]) -> set[str]:
+        known: set[str] = set()
+        for first in range(0, len(ids), _QUERY_CHUNK):
+            known.update(
+                s.scalars(
+                    select(_TABLE.c.jobslurmid).where(
+                        _TABLE.c.target == self.target, _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
+                    )
+                )
+            )
+        return known
 
-        self._upsert(by_id, apply)
-
-    def _upsert(self, items: dict, apply) -> None:
-        # Portable upsert (SQLite, PostgreSQL, MariaDB): update the rows that exist, insert
-        # the rest, in one transaction. Two runs racing on a new job id collide on the unique
-        # key; the second attempt then finds the row and updates it.
-        for attempt in range(2):
-            try:
-                with self.db.session() as s:
-                    ids = list(items)
-                    existing: dict[str, SlurmJobPush] = {}
-                    for first in range(0, len(ids), _QUERY_CHUNK):
-                        rows = s.scalars(
-                            select(SlurmJobPush).where(
-                                SlurmJobPush.target == self.target,
-                                SlurmJobPush.jobslurmid.in_(ids[first : first + _QUERY_CHUNK]),
-                            )
-                        )
-                        existing.update((row.jobslurmid, row) for row in rows)
-                    for job_id, item in items.items():
-                        row = existing.get(job_id)
-                        if row is None:
-                            row = SlurmJobPush(target=self.target, jobslurmid=job_id, state="pending")
-                            s.add(row)
-                        apply(row, item)
-                return
-            except IntegrityError:
-                if attempt:
-                    raise
+    def _update(self, *columns: str):
+        """UPDATE of ``columns`` (from ``v_<column>`` parameters) for the job ``b_job``."""
+        return (
+            update(_TABLE)
+            .where(_TABLE.c.target == self.target, _TABLE.c.jobslurmid == bindparam("b_job"))
+            .values({c: bindparam(f"v_{c}") for c in columns})
+        )
 
     def counts(self) -> dict[str, int]:
         """Rows per state for this target."""

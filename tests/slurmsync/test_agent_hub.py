@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
+import requests
 
 from .conftest import ALICE, BOB, STAFF_TOKEN, expected_amount, seed_world, write_profile, write_token
 
@@ -67,6 +68,17 @@ def expected_usage(rows: dict[str, dict]) -> dict[str, Decimal]:
     return usage
 
 
+def post_running(emulator, job_id: str, row: dict) -> None:
+    """What the banking plugin posts when a job starts: RUNNING, with an upper-bound cost."""
+    body = {
+        "jobslurmid": job_id, "submitdate": row["start"] + "Z", "startdate": row["start"] + "Z",
+        "userid": row["uid"], "accountid": row["account"], "amount": "100.00", "jobstatus": "RUNNING",
+        "partition": row["partition"], "qos": "normal",
+    }  # fmt: skip
+    reply = requests.post(emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
+    assert reply.status_code == 201, reply.text
+
+
 def test_full_sync_dry_run_push_and_rerun(agent, slurm, emulator):
     start, paths = agent
     client = start()
@@ -110,17 +122,8 @@ def test_sync_running_jobs_dry_run_push_and_rerun(agent, slurm, emulator):
     start, _paths = agent
     client = start()
     rows = slurm.sacct_utc()
-    # What the banking plugin posts when each job starts: RUNNING with an upper-bound cost.
     for job_id, row in rows.items():
-        status, body = emulator.handle(
-            "POST", "/api/jobs/", {"authorization": f"Token {STAFF_TOKEN}", "content-type": "application/json"},
-            __import__("json").dumps({
-                "jobslurmid": job_id, "submitdate": row["start"] + "Z", "startdate": row["start"] + "Z",
-                "userid": row["uid"], "accountid": row["account"], "amount": "100.00", "jobstatus": "RUNNING",
-                "partition": row["partition"], "qos": "normal",
-            }).encode(), "localhost",
-        )[:2]  # fmt: skip
-        assert status == 201, body
+        post_running(emulator, job_id, row)
     assert emulator.usage("pc_alpha") == Decimal("200.00") and emulator.usage("fc_beta") == Decimal("300.00")
 
     dry = client.sync_running_jobs()
@@ -226,16 +229,7 @@ def test_run_process_patches_running_jobs_and_stops_promptly(agent, slurm, emula
     client = start("--interval", "600")
     job_id = slurm.jobs["completed"]
     row = slurm.sacct_utc()[job_id]
-    emulator.add_member(row["account"], ALICE)  # already a member: harmless
-    body = {
-        "jobslurmid": job_id, "submitdate": row["start"] + "Z", "startdate": row["start"] + "Z",
-        "userid": row["uid"], "accountid": row["account"], "amount": "100.00", "jobstatus": "RUNNING",
-    }  # fmt: skip
-    status = emulator.handle(
-        "POST", "/api/jobs/", {"authorization": f"Token {STAFF_TOKEN}", "content-type": "application/json"},
-        __import__("json").dumps(body).encode(), "localhost",
-    )[0]  # fmt: skip
-    assert status == 201
+    post_running(emulator, job_id, row)
 
     client.run.start(push=True)
     deadline = time.monotonic() + 30
