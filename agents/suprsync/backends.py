@@ -254,7 +254,8 @@ class SshRsyncBackend(RsyncBackend):
     def _mux_options(self) -> list[str]:
         if self._control_path is None:
             return []
-        return ["-o", "ControlMaster=no", "-o", f"ControlPath={self._control_path}"]
+        return ["-o", "ControlMaster=auto", "-o", f"ControlPath={self._control_path}",
+                "-o", f"ControlPersist={self.CONTROL_PERSIST}"]  # fmt: skip
 
     def _rsh(self) -> str:
         return shlex.join([self._ssh.ssh_program, *self._ssh.options(), *self._mux_options()])
@@ -269,34 +270,25 @@ class SshRsyncBackend(RsyncBackend):
     @contextlib.contextmanager
     def connection(self, cancel: threading.Event | None = None):
         """One ssh connection (an OpenSSH ControlMaster) shared by every rsync and md5sum
-        run inside: a batch then costs a few ms of session setup instead of a full ssh
-        handshake. The master is closed on exit, and closes itself after
-        :attr:`CONTROL_PERSIST` idle seconds if the agent is killed. Raises
-        :class:`RemoteUnreachable` when the host cannot be reached."""
+        run inside: the first command's ssh becomes the master, the others open a session
+        on it in a few ms instead of a full handshake each. The master is closed on exit,
+        and closes itself after :attr:`CONTROL_PERSIST` idle seconds if the agent is
+        killed. An unreachable host still fails the first command (RemoteUnreachable)."""
         if self._control_path is not None:  # nested: already shared
             yield self
             return
         sockdir = tempfile.mkdtemp(prefix="suprsync-ssh-")
         control = os.path.join(sockdir, "cm")
-        ssh = self._ssh
-        master = [ssh.ssh_program, *ssh.options(), "-o", "ControlMaster=yes", "-o", f"ControlPath={control}",
-                  "-o", f"ControlPersist={self.CONTROL_PERSIST}", "-N", "-f", "--", ssh.destination]  # fmt: skip
+        self._control_path = control
         try:
-            try:
-                run_command(master, timeout=ssh.connect_timeout + 20, cancel=cancel)
-            except CommandCancelled:
-                raise
-            except CommandError as exc:
-                raise RemoteUnreachable(f"{self.describe()} is unreachable: {exc}") from None
-            self._control_path = control
-            try:
-                yield self
-            finally:
-                self._control_path = None
+            yield self
+        finally:
+            self._control_path = None
+            if os.path.exists(control):
+                ssh = self._ssh
                 with contextlib.suppress(CommandError):
                     run_command([ssh.ssh_program, "-o", f"ControlPath={control}", "-O", "exit", "--", ssh.destination],
                                 timeout=10, check=False)  # fmt: skip
-        finally:
             shutil.rmtree(sockdir, ignore_errors=True)
 
     def _unreachable(self, returncode: int, stderr: str) -> bool:
