@@ -692,7 +692,10 @@ class SlurmSyncEngine:
         with record_run(
             self.db, agent_class=self.agent_class, instance_id=self.instance_id, operation=operation, dry_run=dry_run
         ) as run:
-            report = job()
+            try:
+                report = job()
+            finally:
+                self.close()
             run.summary = report.summary()
             if not report.ok:
                 run.status = "failed"

@@ -293,3 +293,23 @@ def test_formula_matches_the_reference(world):
     assert Decimal(world.emulator.job("1")["amount"]) == expected_amount("long", 3, 1234)
     assert world.emulator.job("1")["raw_time"] == pytest.approx(1234 / 3600, abs=1e-6)
     assert world.emulator.job("1")["userid"] == ALICE_UID and ALICE in world.emulator.users
+
+
+def test_cli_running_jobs_from_a_sacct_dump(world, capsys):
+    world.write([sacct_line("1", "pc_alpha"), sacct_line("2", "pc_alpha", state="RUNNING", end="Unknown")])
+    for job_id in ("1", "2"):
+        body = {
+            "jobslurmid": job_id, "submitdate": "2024-07-01T16:00:00Z", "startdate": "2024-07-01T17:00:00Z",
+            "userid": ALICE_UID, "accountid": "pc_alpha", "amount": "9.00", "jobstatus": "RUNNING",
+        }  # fmt: skip
+        requests.post(world.emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
+    argv = ["slurmsync", "running-jobs", "-T", "testbrc", "--profile-file", str(world.profile),
+            "--token-file", f"file:{world.token}", "--sacct-file", str(world.dump), "--db", world.db_url,
+            "--log-dir", str(world.log_dir), "--cluster-tz", "America/Los_Angeles", "-s", "2024-06-01"]  # fmt: skip
+    assert hpcsync_main(argv) == 0
+    assert "1 jobs would be pushed" in capsys.readouterr().out
+    assert world.emulator.job("1")["jobstatus"] == "RUNNING"
+    assert hpcsync_main([*argv, "--PUSH"]) == 0
+    assert "pushed 1 jobs (1800.00 SU)" in capsys.readouterr().out
+    assert world.emulator.job("1")["jobstatus"] == "COMPLETING"
+    assert world.emulator.usage("pc_alpha") == Decimal("1809.00")  # job 2 keeps its 9.00 estimate
