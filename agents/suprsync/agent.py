@@ -18,6 +18,7 @@ from ocs import ocs_agent
 from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.opstate import OpState, StopFlag
 from hpcsync.agents.core.ssh import HOST_KEY_POLICIES, SshConfigError
+from hpcsync.db.runs import record_run
 from hpcsync.db.suprsync import ALL_STATES, SupRsyncFilesManager
 
 from .backends import make_backend
@@ -91,6 +92,16 @@ class SupRsync:
                     a.db_path, echo=a.db_echo, pool_size=a.db_pool_size, max_overflow=a.db_pool_max_overflow
                 )
             return self._manager
+
+    def _recorded(self, operation: str, dry_run: bool):
+        """An ``agent_runs`` row for a task that changes the ledger (intent, then outcome)."""
+        return record_run(
+            self._files_manager().db,
+            agent_class="SupRsync",
+            instance_id=self.instance_id,
+            operation=operation,
+            dry_run=dry_run,
+        )
 
     # -- the process ------------------------------------------------------------------------
 
@@ -276,7 +287,9 @@ class SupRsync:
              'timestamp': 1661284493.54}
         """
         ids = _int_ids(params["ids"])
-        n = self._files_manager().retry_files(self.archive, ids, dry_run=params["dry_run"])
+        with self._recorded("retry_failed", params["dry_run"]) as run:
+            n = self._files_manager().retry_files(self.archive, ids, dry_run=params["dry_run"])
+            run.summary = {"archive": self.archive, "files": n, "ids": ids}
         session.data = {
             "archive_name": self.archive,
             "files": n,
@@ -310,7 +323,9 @@ class SupRsync:
         """
         statuses = ("failed", "missing") if params["status"] == "failed+missing" else (params["status"],)
         ids = _int_ids(params["ids"])
-        n = self._files_manager().ignore_files(self.archive, ids, statuses, dry_run=params["dry_run"])
+        with self._recorded("ignore_files", params["dry_run"]) as run:
+            n = self._files_manager().ignore_files(self.archive, ids, statuses, dry_run=params["dry_run"])
+            run.summary = {"archive": self.archive, "files": n, "ids": ids, "statuses": list(statuses)}
         session.data = {
             "archive_name": self.archive,
             "files": n,

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hpcsync.agents.core.process import CommandCancelled, CommandError, CommandTimeout, run_command
 from hpcsync.agents.core.ssh import SshOptions, remote_command, rsync_base_argv
@@ -75,6 +75,8 @@ class PutOutcome:
     timed_out: bool = False
     returncode: int | None = None
     elapsed: float = 0.0
+    #: remote paths that could not be sent at all, with the reason (not in the transfer)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):
@@ -172,14 +174,23 @@ class RsyncBackend(Backend):
         try:
             made: set[str] = set()
             listing = []
+            skipped: dict[str, str] = {}
             for item in items:
                 link = os.path.join(tree, item.remote_path)
                 parent = os.path.dirname(link)
-                if parent not in made:
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
-                os.symlink(item.local_path, link)
+                try:
+                    if parent not in made:
+                        os.makedirs(parent, exist_ok=True)
+                        made.add(parent)
+                    os.symlink(item.local_path, link)
+                except OSError as exc:
+                    # e.g. "a" and "a/b" in one batch: one cannot be both a file and a dir.
+                    # Only this file fails (and is counted); the batch goes on.
+                    skipped[item.remote_path] = f"cannot stage {item.remote_path!r} for rsync: {exc.strerror or exc}"
+                    continue
                 listing.append(os.fsencode(item.remote_path))
+            if not listing:
+                return PutOutcome(ok=False, error="no file of the batch could be staged", skipped=skipped)
             argv = [*self._rsync_argv_head(), tree + "/", self._dest()]
             log.debug("rsync of %d files to %s", len(items), self.describe())
             try:
@@ -187,16 +198,17 @@ class RsyncBackend(Backend):
                     argv, input=b"\0".join(listing) + b"\0", timeout=timeout, check=False, cancel=cancel
                 )
             except CommandTimeout as exc:
-                return PutOutcome(ok=False, error=str(exc), timed_out=True, elapsed=timeout)
+                return PutOutcome(ok=False, error=str(exc), timed_out=True, elapsed=timeout, skipped=skipped)
             except CommandCancelled:
                 raise
             except CommandError as exc:  # rsync could not start at all
-                return PutOutcome(ok=False, error=str(exc))
+                return PutOutcome(ok=False, error=str(exc), skipped=skipped)
             if result.returncode == 0:
-                return PutOutcome(ok=True, returncode=0, elapsed=result.elapsed)
+                return PutOutcome(ok=True, returncode=0, elapsed=result.elapsed, skipped=skipped)
             if self._unreachable(result.returncode, result.stderr):
                 raise RemoteUnreachable(f"{self.describe()} is unreachable: {result.describe()}")
-            return PutOutcome(ok=False, error=result.describe(), returncode=result.returncode, elapsed=result.elapsed)
+            return PutOutcome(ok=False, error=result.describe(), returncode=result.returncode, elapsed=result.elapsed,
+                              skipped=skipped)  # fmt: skip
         finally:
             shutil.rmtree(tree, ignore_errors=True)
 

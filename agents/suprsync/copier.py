@@ -331,7 +331,7 @@ class Copier:
                 else:
                     results.append(CopyResult(task.id, "verified", **common))
             elif got is None:
-                why = put.error or "rsync reported success"
+                why = put.skipped.get(task.remote_path) or put.error or "rsync reported success"
                 results.append(CopyResult(task.id, "failed", error=f"not found on the destination after rsync ({why})",
                                           **common))  # fmt: skip
             else:

@@ -250,3 +250,16 @@ def test_a_backlog_of_100000_files_with_default_settings(tmp_path):
         manager.dispose()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_path_that_is_both_file_and_directory_fails_alone(ledger, src, dst, tmp_path):
+    """ "a" and "a/b" registered together cannot both exist: only one fails, the rest go."""
+    ledger.add_files(
+        [(str(write(src / "x", "x")), "a"), (str(write(src / "y", "y")), "a/b"), (str(write(src / "z", "z")), "c")],
+        ARCHIVE,
+    )
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path, max_copy_attempts=1)
+    engine.iterate()
+    counts = status_of(ledger)
+    assert counts["copied"] == 2 and counts["failed"] == 1
+    assert (dst / "c").read_text() == "z"

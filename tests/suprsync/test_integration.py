@@ -126,6 +126,11 @@ def test_files_from_another_process_are_copied_verified_deleted_and_finalized(hu
         reply = client.ignore_files()
         assert "dry run" in reply.msg or any("dry run" in m for _t, m in reply.session["messages"])
         assert reply.session["data"]["dry_run"] is True
+        from hpcsync.db.runs import recent_runs
+
+        assert [r.operation for r in recent_runs(manager.db, "suprsync-main")][:2] == ["ignore_files", "ignore_files"]
+        # the file named "$(touch pwned).dat" was never run by a shell on either side
+        assert not list(remote.rglob("pwned")) and not Path("/home/hsyncuser/pwned").exists()
 
         # the stopper answers within a second
         started = time.monotonic()

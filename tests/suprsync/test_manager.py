@@ -205,33 +205,63 @@ def _producer(url: str, root: str, worker: int, n: int) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(f"{worker}-{i}")
-        manager.add_file(path, f"{tc_now()}/w{worker}/f{i}", ARCHIVE)  # one transaction per file
+        archive = ARCHIVE if worker % 2 == 0 else "smurf"
+        manager.add_file(path, f"{tc_now()}/w{worker}/f{i}", archive)  # one transaction per file
     manager.dispose()
 
 
-def test_producers_in_other_processes_and_the_agent_share_one_sqlite_ledger(ledger, tmp_path):
-    """Three producer processes register files one by one while the copy loop runs and
-    operator queries read: nobody sees "database is locked", every file is copied."""
+def test_producers_in_other_processes_and_two_agents_share_one_sqlite_ledger(ledger, tmp_path):
+    """Three producer processes register files one by one into two archives while two copy
+    loops (one per archive, as two agents) run and operator queries read: nobody sees
+    "database is locked", every file is copied by the loop of its archive."""
+    import threading
+
     from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+    from hpcsync.agents.suprsync.copier import CopySettings
+    from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
 
     url = str(ledger.db.engine.url)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_producer, args=(url, str(tmp_path / "src"), w, 150)) for w in range(3)]
     for p in procs:
         p.start()
-    engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst")), tmp_path, files_per_batch=100)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        report = engine.iterate()
-        assert report.ok, report.errors
-        ledger.status_summary()
-        if not any(p.is_alive() for p in procs) and not ledger.has_pending(ARCHIVE):
-            break
+    other = SupRsyncFilesManager(url)  # the second agent has its own connections
+    engines = {
+        ARCHIVE: make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst1")), tmp_path, files_per_batch=100),
+        "smurf": SupRsyncEngine(
+            lambda: other,
+            LocalRsyncBackend(str(tmp_path / "dst2")),
+            EngineSettings("smurf", str(tmp_path / "root2"), "sync-2", copy=CopySettings("smurf", files_per_batch=100)),
+        ),
+    }
+    errors = []
+
+    def loop(engine, manager, archive):
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            report = engine.iterate()
+            if not report.ok:
+                errors.append(report.errors)
+            manager.status_summary()
+            if not any(p.is_alive() for p in procs) and not manager.has_pending(archive):
+                return
+
+    threads = [
+        threading.Thread(target=loop, args=(engines[ARCHIVE], ledger, ARCHIVE)),
+        threading.Thread(target=loop, args=(engines["smurf"], other, "smurf")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
-    assert status_of(ledger)["copied"] == 450
-    assert engine.counters["errors_db"] == 0
+    assert not errors
+    assert status_of(ledger)["copied"] == 300 and status_of(ledger, "smurf")["copied"] == 150
+    assert all(e.counters["errors_db"] == 0 for e in engines.values())
+    assert len(list((tmp_path / "dst2").rglob("f*"))) == 150
+    other.dispose()
 
 
 def test_import_of_a_socs_database(tmp_path, ledger):
