@@ -106,7 +106,48 @@ class SlurmCluster:
             )
         return seen[0] or ""
 
+    def cancel_all_jobs(self, timeout: float = 20) -> None:
+        """scancel every job and wait until the queue is empty (slurmd stop leaves jobs running)."""
+        try:
+            ids = self.run(["squeue", "-h", "-o", "%A"], timeout=10, check=False).stdout.split()
+            if ids:
+                self.run(["scancel", *ids], timeout=10, check=False)
+                queue_empty = lambda: not self.run(["squeue", "-h"], timeout=10, check=False).stdout.strip()  # noqa: E731
+                daemon.wait_until(queue_empty, timeout, 0.2)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def _leftover_job_processes(self) -> list[int]:
+        """PIDs of job scripts under this cluster's spool dir, their slurmstepd and descendants."""
+        parents: dict[int, int] = {}
+        marked: set[int] = set()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if str(self.base) in cmdline:
+                marked.add(int(entry.name))
+        for pid in list(marked):
+            parent = parents.get(pid)
+            try:
+                if parent and Path(f"/proc/{parent}/cmdline").read_bytes().startswith(b"slurmstepd"):
+                    marked.add(parent)
+            except OSError:
+                pass
+        grew = True
+        while grew:
+            children = {pid for pid, parent in parents.items() if parent in marked} - marked
+            grew = bool(children)
+            marked |= children
+        return sorted(marked)
+
     def stop(self) -> None:
+        if "slurmctld" in self.pids:
+            self.cancel_all_jobs()
         for name in ("slurmd", "slurmctld", "slurmdbd"):
             pid = self.pids.pop(name, None)
             if pid:
@@ -117,6 +158,11 @@ class SlurmCluster:
         pid = self.pids.pop("munged", None)
         if pid:
             daemon.stop(pid, timeout=10)
+        for pid in self._leftover_job_processes():  # jobs outlive slurmd: end ours by PID
+            try:
+                os.kill(pid, 9)
+            except (ProcessLookupError, PermissionError):
+                pass
         shutil.rmtree(self.base, ignore_errors=True)
 
 
