@@ -160,7 +160,13 @@ class SupRsync:
         )
         next_transfer_stats = 0.0
         while not self._stop.stopped:
-            report = engine.iterate()
+            try:
+                report = engine.iterate()
+            except Exception as exc:  # iterate() handles errors itself; this is the last net
+                self.log.error("SupRsync loop failed: {e}", e=repr(exc))
+                state.error(f"loop failed: {exc!r}", counter="errors_other")
+                self._stop.sleep(self.args.sleep_time)
+                continue
             update: dict[str, Any] = {"last_copy": report.last_copy(), "counters": engine.counters}
             if report.archive_stats is not None:
                 update["archive_stats"] = {self.archive: report.archive_stats}

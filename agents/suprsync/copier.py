@@ -124,7 +124,7 @@ class BatchReport:
 
 @dataclass
 class _Sent:
-    """A batch after stage one (prepared and rsync'ed), waiting for its md5 check."""
+    """A batch picked and hashed (stage one), then sent, then checked (stage two)."""
 
     report: BatchReport
     tasks: list
@@ -136,9 +136,9 @@ class _Sent:
 class Copier:
     """Copies batches of one archive's pending files through a :class:`Backend`.
 
-    :meth:`copy_batches` pipelines two stages: while batch N is checked on the destination
-    and its outcome committed (a worker thread), batch N+1 is hashed locally and sent.
-    Batches are taken with keyset pagination, so a batch being checked is never sent twice.
+    :meth:`copy_batches` pipelines: while batch N is sent, batch N+1 is picked and hashed
+    and batch N-1 is checked on the destination and its outcome committed. Batches are
+    taken with keyset pagination, so a batch in flight is never handed out twice.
     """
 
     def __init__(

@@ -120,7 +120,7 @@ class SupRsyncEngine:
         if not self.cancel.is_set():
             self._step(report, "finalizing", self._timecode_step)
         if not self.cancel.is_set():
-            report.archive_stats = self._step(report, "idle", self.manager.get_archive_stats, s.archive)
+            report.archive_stats = self._step(report, "idle", lambda: self.manager.get_archive_stats(s.archive))
         self.on_activity("idle")
         report.stop_time = time.time()
         return report
@@ -184,7 +184,6 @@ class SupRsyncEngine:
         except (SQLAlchemyError, DatabaseError) as exc:
             counter = "errors_db"
             message = f"database error while {activity}: {getattr(exc, 'orig', None) or exc}"
-            self._reset_manager_if_unopened(exc)
         except (OSError, SupRsyncError) as exc:
             counter, message = "errors_local", f"while {activity}: {exc}"
         except Exception as exc:  # a bug: keep the loop alive, keep the traceback in the log
@@ -194,12 +193,6 @@ class SupRsyncEngine:
         self._error(message)
         report.errors.append(message)
         return None
-
-    def _reset_manager_if_unopened(self, exc: BaseException) -> None:
-        if isinstance(exc, DatabaseError) and self._manager is None:
-            return  # the factory failed; it is simply called again next time
-        if isinstance(exc, DatabaseError):
-            self._manager = None
 
     def _error(self, message: str) -> None:
         log.error("%s", message)

@@ -263,3 +263,26 @@ def test_a_path_that_is_both_file_and_directory_fails_alone(ledger, src, dst, tm
     counts = status_of(ledger)
     assert counts["copied"] == 2 and counts["failed"] == 1
     assert (dst / "c").read_text() == "z"
+
+
+def test_a_ledger_that_cannot_be_opened_degrades_and_is_retried(tmp_path, src, dst):
+    from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
+    from hpcsync.db.engine import DatabaseError
+
+    attempts = []
+    real = SupRsyncFilesManager(tmp_path / "l.db")
+    real.add_file(str(write(src / "f", "f")), "f", ARCHIVE)
+
+    def factory():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise DatabaseError("database postgresql://db-host/suprsync: connection refused")
+        return real
+
+    engine = SupRsyncEngine(factory, LocalRsyncBackend(str(dst)), EngineSettings(ARCHIVE, str(tmp_path / "r"), "i"))
+    report = engine.iterate()
+    assert not report.ok and engine.counters["errors_db"] >= 1 and "connection refused" in engine.last_error["message"]
+    for _ in range(3):
+        report = engine.iterate()
+    assert report.ok and (dst / "f").read_text() == "f"
+    real.dispose()
