@@ -76,11 +76,14 @@ class _ScriptedHandler(BaseHTTPRequestHandler):
             time.sleep(body)
             status, body = 200, {"late": True}
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (the timeout test), as intended
 
     do_GET = do_PUT = _reply
 
@@ -307,3 +310,28 @@ def test_no_secret_reaches_argv_of_children(tmp_path, monkeypatch):
     cmdline, value = result.stdout.split("\n", 1)
     assert "very-secret" not in cmdline and value == secret.reveal()
     assert os.environ["HPCSYNC_TEST_TOKEN"] == secret.reveal()
+
+
+def test_a_command_dies_with_the_process_that_started_it(tmp_path):
+    """A SIGKILLed agent leaves no rsync behind to race its restarted successor."""
+    import signal
+    import subprocess
+    import sys
+
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "from hpcsync.agents.core.process import run_command; "
+        f"run_command(['sh', '-c', 'echo $$ > {pidfile}; exec sleep 60'], timeout=120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (pidfile.exists() and pidfile.read_text().strip()):
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    assert pid_alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pid_alive(child):
+        time.sleep(0.05)
+    assert not pid_alive(child)

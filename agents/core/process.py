@@ -7,9 +7,11 @@ by rsync, for example), and it never leaves a child behind.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 
 #: Used when a caller gives no timeout: nothing an agent runs may hang forever.
 DEFAULT_TIMEOUT = 300.0
+
+_PR_SET_PDEATHSIG = 1
 
 # How often a running command checks its cancel event; bounds the stop latency of ops.
 _POLL_INTERVAL = 0.1
@@ -60,6 +64,19 @@ class CommandResult:
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:500] if lines else ""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the thread that started us exits.
+
+    A SIGKILLed agent must not leave an rsync writing to the destination while its
+    restarted successor starts another. Linux only; elsewhere a no-op.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -106,6 +123,8 @@ def run_command(
             env=child_env,
             cwd=cwd,
             start_new_session=True,
+            # The calling thread waits for the child, so tying the child to it is safe.
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     except OSError as exc:
         raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
