@@ -56,3 +56,25 @@ def test_ocs_finds_the_hpcsync_plugin():
     agents = build_agent_list()
     for agent_class in plugin.agents:
         assert agents[agent_class]["module"] == plugin.agents[agent_class]["module"]
+
+
+def test_a_normal_install_carries_migrations_and_entry_points(tmp_path):
+    """The wheel (not only the editable install) has what agents need at run time."""
+    import zipfile
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = tmp_path.glob("hpcsync-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "hpcsync/db/migrations/env.py" in names
+    assert "hpcsync/db/migrations/versions/0001_initial.py" in names
+    assert "hpcsync/agents/core/process.py" in names
+    assert "hpcsync = hpcsync.agents.cli:main" in entry_points
+    assert "hpcsync = hpcsync.agents.plugin" in entry_points
