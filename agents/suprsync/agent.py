@@ -22,7 +22,7 @@ from hpcsync.db.runs import record_run
 from hpcsync.db.suprsync import ALL_STATES, SupRsyncFilesManager
 
 from .backends import make_backend
-from .copier import DEFAULT_FILES_PER_BATCH, DEFAULT_MAX_COPY_ATTEMPTS, CopySettings
+from .copier import DEFAULT_FILES_PER_BATCH, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_COPY_ATTEMPTS, CopySettings
 from .engine import COUNTERS, EngineSettings, SupRsyncEngine
 
 #: transfer_stats is published at most this often (and at the end of a run).
@@ -68,6 +68,7 @@ class SupRsync:
                     self.archive,
                     max_copy_attempts=args.max_copy_attempts,
                     files_per_batch=args.files_per_batch,
+                    max_batch_bytes=int(args.max_batch_mb * 2**20),
                     copy_timeout=args.copy_timeout,
                     cmd_timeout=args.cmd_timeout,
                 ),
@@ -428,6 +429,13 @@ def make_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
         type=int,
         default=DEFAULT_FILES_PER_BATCH,
         help="Files per rsync/md5sum batch; full batches follow each other without sleeping. Default: %(default)s.",
+    )
+    pgroup.add_argument(
+        "--max-batch-mb",
+        type=float,
+        default=DEFAULT_MAX_BATCH_BYTES / 2**20,
+        help="A batch also ends once its files add up to this many MiB (one bigger file still goes alone). "
+        "Default: %(default)g.",
     )
     pgroup.add_argument(
         "--sleep-time",

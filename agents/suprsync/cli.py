@@ -236,7 +236,8 @@ def _cmd_run(args) -> int:
         chmod=args.chmod or None,
     )  # fmt: skip
     copy = CopySettings(args.archive_name, max_copy_attempts=args.max_copy_attempts,
-                        files_per_batch=args.files_per_batch, copy_timeout=args.copy_timeout,
+                        files_per_batch=args.files_per_batch, max_batch_bytes=int(args.max_batch_mb * 2**20),
+                        copy_timeout=args.copy_timeout,
                         cmd_timeout=args.cmd_timeout)  # fmt: skip
     settings = EngineSettings(args.archive_name, args.suprsync_file_root, args.instance_id,
                               delete_after=args.delete_local_after, copy=copy)  # fmt: skip

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from hpcsync.agents.core.process import run_command  # noqa: E402
 from hpcsync.agents.core.ssh import SshOptions, rsync_base_argv  # noqa: E402
 from hpcsync.agents.suprsync.backends import SshRsyncBackend  # noqa: E402
-from hpcsync.agents.suprsync.copier import CopySettings  # noqa: E402
+from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, CopySettings  # noqa: E402
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine  # noqa: E402
 from hpcsync.db.models import path_hash  # noqa: E402
 from hpcsync.db.suprsync import SupRsyncFilesManager  # noqa: E402
@@ -150,7 +150,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3, help="repeat both transfers, keep the best of each")
-    parser.add_argument("--batch", type=int, default=1000, help="--files-per-batch (the agent's default: 1000)")
+    parser.add_argument(
+        "--batch", type=int, default=DEFAULT_FILES_PER_BATCH, help="--files-per-batch (default: the agent's)"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="suprsync-bench-"))

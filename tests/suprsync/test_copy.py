@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend, parse_md5sum_output
-from hpcsync.agents.suprsync.copier import Copier, CopySettings
+from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, Copier, CopySettings
 from hpcsync.agents.suprsync.deleter import delete_files
 from hpcsync.db.suprsync import SupRsyncFilesManager
 
@@ -110,8 +110,8 @@ def test_a_vanished_local_file_counts_once_per_attempt(ledger, src, dst, tmp_pat
 
 def test_a_backlog_larger_than_socs_could_check_goes_through_with_defaults(ledger, tmp_path):
     """socs ran one md5sum with every path as arguments: it failed at ~5,000 files. With
-    the defaults (batches of 1000, md5sum fed on stdin) 6,000 pending files copy in one
-    loop iteration."""
+    the defaults (bounded batches, md5sum fed on stdin) 6,000 pending files with long
+    names copy in one loop iteration."""
     src = tmp_path / "src"
     tc = tc_now()
     name = "x" * 100  # long names, as pysmurf's, make a long argv
@@ -122,8 +122,29 @@ def test_a_backlog_larger_than_socs_could_check_goes_through_with_defaults(ledge
     engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst")), tmp_path)
     report = engine.iterate()
     assert report.ok, report.errors
-    assert [b.size for b in report.batches] == [1000] * 6
+    sizes = [b.size for b in report.batches]
+    assert sum(sizes) == 6000 and len(sizes) >= 2 and max(sizes) <= DEFAULT_FILES_PER_BATCH
     assert status_of(ledger)["copied"] == 6000
+
+
+def test_a_batch_also_ends_at_its_byte_cap(ledger, tmp_path):
+    """Big files do not pile into one endless rsync: a batch ends at max_batch_bytes,
+    and a file bigger than the cap still goes (alone)."""
+    src = tmp_path / "src"
+    tc = tc_now()
+    sizes_kib = [300, 300, 300, 300, 300, 300, 300, 2000, 100]
+    entries = []
+    for i, kib in enumerate(sizes_kib):
+        path = src / f"f{i}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(kib * 1024))
+        entries.append((str(path), f"{tc}/f{i}"))
+    ledger.add_files(entries, ARCHIVE)
+    engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "dst")), tmp_path, max_batch_bytes=1000 * 1024)
+    report = engine.iterate()
+    assert report.ok, report.errors
+    assert [b.size for b in report.batches] == [3, 3, 1, 1, 1]
+    assert status_of(ledger)["copied"] == len(sizes_kib)
 
 
 def test_delete_waits_for_the_delay_counted_from_the_verified_copy(ledger, src, dst, tmp_path):
@@ -219,7 +240,7 @@ def test_pipelined_batches_copy_each_file_once(ledger, src, dst, tmp_path, batch
 
 def test_a_backlog_of_100000_files_with_default_settings(tmp_path):
     """100,000 registered files: registration in bulk, then copied and verified with the
-    agent's defaults (batches of 1000). Files live on tmpfs to keep the test short."""
+    agent's defaults. Files live on tmpfs to keep the test short."""
     import shutil
     import tempfile
 
@@ -243,7 +264,7 @@ def test_a_backlog_of_100000_files_with_default_settings(tmp_path):
         while manager.has_pending(ARCHIVE):
             report = engine.iterate()
             assert report.ok, report.errors
-            assert all(b.size <= 1000 for b in report.batches)
+            assert all(b.size <= DEFAULT_FILES_PER_BATCH for b in report.batches)
         copying = time.perf_counter() - started
         assert status_of(manager)["copied"] == 100_000
         print(f"\n100k files: registered in {registration:.1f} s, copied and verified in {copying:.1f} s")
