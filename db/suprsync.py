@@ -87,6 +87,10 @@ def normalize_remote_path(remote_relpath: str | os.PathLike) -> str:
         raise RemotePathError(f"remote path {path!r} is empty")
     if "\0" in path:
         raise RemotePathError(f"remote path {path!r} contains a NUL byte")
+    if not _is_utf8(path):
+        raise RemotePathError(
+            f"remote path {path!r} is not valid UTF-8 (undecodable bytes in the name); the ledger keeps paths as text"
+        )
     if path.startswith("/"):
         raise RemotePathError(f"remote path {path!r} is absolute; give it relative to the remote base directory")
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -98,6 +102,15 @@ def normalize_remote_path(remote_relpath: str | os.PathLike) -> str:
     if len(norm.encode("utf-8", "surrogateescape")) > MAX_REMOTE_PATH:
         raise RemotePathError(f"remote path is longer than {MAX_REMOTE_PATH} bytes")
     return norm
+
+
+def _is_utf8(text: str) -> bool:
+    """False for names decoded with ``surrogateescape`` from bytes that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_timecode(remote_path: str) -> int | None:
@@ -145,6 +158,13 @@ def _abs_local(local_abspath: str | os.PathLike) -> str:
         path = os.fsdecode(path)
     if not path:
         raise SupRsyncError("local path is empty")
+    if "\0" in path:
+        raise SupRsyncError(f"local path {path!r} contains a NUL byte")
+    if not _is_utf8(path):
+        raise SupRsyncError(
+            f"local path {path!r} is not valid UTF-8 (undecodable bytes in the name); the ledger keeps paths "
+            "as text: rename the file to register it"
+        )
     return os.path.abspath(path)
 
 
@@ -212,9 +232,12 @@ class AddReport:
     requeued: int = 0
     unchanged: int = 0
     ids: list[int] = field(default_factory=list)
+    #: with ``skip_bad``: one message per entry that could not be registered
+    refused: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
-        return {"added": self.added, "requeued": self.requeued, "unchanged": self.unchanged}
+        return {"added": self.added, "requeued": self.requeued, "unchanged": self.unchanged,
+                "refused": len(self.refused)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -291,6 +314,7 @@ class SupRsyncFilesManager:
         timestamp: float | None = None,
         *,
         want_ids: bool = False,
+        skip_bad: bool = False,
     ) -> AddReport:
         """Register many files: ``entries`` are ``(local_abspath, remote_relpath[, md5])``
         tuples or dicts with those keys. One transaction per 2000 files. With ``want_ids``
@@ -298,12 +322,20 @@ class SupRsyncFilesManager:
 
         Every entry is checked (file exists, remote path stays inside the base directory)
         before anything is written; one bad entry raises and registers nothing of its chunk.
+        With ``skip_bad`` a bad entry is left out instead and its reason is listed in
+        ``report.refused`` (a tree walk registers everything it can).
         """
         archive = _check_archive(archive)
         report = AddReport()
         prepared: list[dict[str, Any]] = []
         for entry in entries:
-            prepared.append(self._prepare(entry, archive, deletable, timestamp))
+            try:
+                prepared.append(self._prepare(entry, archive, deletable, timestamp))
+            except SupRsyncError as exc:
+                if not skip_bad:
+                    raise
+                report.refused.append(str(exc))
+                continue
             if len(prepared) >= CHUNK:
                 self._add_chunk(prepared, archive, report, want_ids)
                 prepared = []

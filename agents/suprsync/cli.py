@@ -23,7 +23,13 @@ import os
 import sys
 import time
 
-from hpcsync.db.suprsync import ALL_STATES, SupRsyncError, SupRsyncFilesManager, import_socs_database
+from hpcsync.db.suprsync import (
+    ALL_STATES,
+    SupRsyncError,
+    SupRsyncFilesManager,
+    import_socs_database,
+    normalize_remote_path,
+)
 
 
 def add_commands(subparsers) -> None:
@@ -143,18 +149,30 @@ def _cmd_add_tree(args) -> int:
     manager = _manager(args)
     entries = _walk(root, args.last_edit, args.remote_prefix)
     if args.dry_run:
-        found = list(entries)
+        found = []
+        for local, remote in entries:
+            try:
+                normalize_remote_path(remote)
+            except SupRsyncError as exc:
+                print(f"hpcsync suprsync: would not register: {exc}", file=sys.stderr)
+                continue
+            found.append((local, remote))
         known = manager.known_remote_paths(args.archive, [r for _l, r in found]) if found else set()
         print(f"{len(found)} files under {root}: {len(found) - len(known)} new, {len(known)} already registered")
         return 0
     try:
-        report = manager.add_files(entries, args.archive, deletable=not args.no_delete)
+        report = manager.add_files(entries, args.archive, deletable=not args.no_delete, skip_bad=True)
     except SupRsyncError as exc:
         return _fail(str(exc))
     print(
         f"{report.added} files registered in {args.archive}, {report.requeued} changed and queued again, "
         f"{report.unchanged} already registered"
     )
+    # One odd file (undecodable name, vanished since the walk) never stops the rest.
+    for message in report.refused[:20]:
+        print(f"hpcsync suprsync: not registered: {message}", file=sys.stderr)
+    if report.refused:
+        return _fail(f"{len(report.refused)} files could not be registered (see above)")
     return 0
 
 

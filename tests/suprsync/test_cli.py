@@ -67,3 +67,22 @@ def test_add_tree_then_run_once_copies_the_tree(tmp_path, capsys):
     assert copied == {f"{prefix}/obs/{n}": md5(root / "obs" / n) for n in HOSTILE_NAMES}
     code, out, _ = run(capsys, "suprsync", "--db", db, "check")
     assert code == 0 and f"copied {len(HOSTILE_NAMES)}" in out
+
+
+def test_add_tree_registers_every_file_it_can_and_names_the_others(tmp_path, capsys):
+    """One file with an undecodable (non-UTF-8) name used to abort the whole add-tree with
+    a traceback; now the rest of the tree is registered and the odd file is named."""
+    db = str(tmp_path / "l.db")
+    root = tmp_path / "data"
+    write(root / "a.g3", "a")
+    write(root / "sub" / "b.g3", "b")
+    with open(os.fsencode(str(root)) + b"/sub/caf\xe9.g3", "wb") as f:
+        f.write(b"latin-1")
+    argv = ("suprsync", "--db", db, "add-tree", str(root), "--archive", "ts", "--last-edit", "0")
+    code, out, err = run(capsys, *argv, "--dry-run")
+    assert "2 files" in out and "not valid UTF-8" in err
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and "2 files registered" in out
+    assert "caf" in err and "not valid UTF-8" in err and "1 files could not be registered" in err
+    code, out, _ = run(capsys, "suprsync", "--db", db, "check")
+    assert "ts: 2 files (pending 2)" in out

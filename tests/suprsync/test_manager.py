@@ -302,3 +302,23 @@ def test_import_of_a_socs_database(tmp_path, ledger):
     assert [r.remote_path for r in pending] == ["16000/c"] and pending[0].registered_at == 5.0
     assert pending[0].local_md5sum is None  # hashed again when copied
     assert import_socs_database(socs, ledger).already_known == 6  # a second run adds nothing
+
+
+def test_non_utf8_names_are_refused_clearly_and_the_ledger_stays_usable(ledger, src):
+    """A name with bytes that are not UTF-8 (``os.fsdecode`` gives surrogates) used to
+    crash registration with a bare UnicodeEncodeError from the database driver."""
+    raw = os.fsencode(str(src)) + b"/caf\xe9.g3"
+    with open(raw, "wb") as f:
+        f.write(b"latin-1 name")
+    local = os.fsdecode(raw)
+    with pytest.raises(SupRsyncError, match="not valid UTF-8"):
+        ledger.add_file(local, "16000/ok.g3", ARCHIVE)
+    with pytest.raises(SupRsyncError, match="not valid UTF-8"):
+        ledger.add_file(raw, "16000/ok.g3", ARCHIVE)
+    good = write(src / "good.g3", "x")
+    with pytest.raises(RemotePathError, match="not valid UTF-8"):
+        ledger.add_file(str(good), "16000/caf\udce9.g3", ARCHIVE)
+    # with skip_bad, the good entries of the same call are registered and the bad one listed
+    report = ledger.add_files([(local, "16000/bad.g3"), (str(good), "16000/good.g3")], ARCHIVE, skip_bad=True)
+    assert report.added == 1 and len(report.refused) == 1 and "not valid UTF-8" in report.refused[0]
+    assert status_of(ledger)["pending"] == 1
