@@ -23,6 +23,7 @@ import abc
 import contextlib
 import logging
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -56,6 +57,12 @@ class RemoteUnreachable(RuntimeError):
     """The destination could not be reached (ssh failed to connect, or did not answer)."""
 
 
+class DestinationError(RemoteUnreachable):
+    """The destination answers but cannot take any file: its base directory is missing (an
+    unmounted disk) or it is full. Like an unreachable host this is not the files' fault:
+    no attempt is counted, the loop degrades and tries again later."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One file to send: ``local_path`` to ``<basedir>/<remote_path>``."""
@@ -77,6 +84,8 @@ class PutOutcome:
     elapsed: float = 0.0
     #: remote paths that could not be sent at all, with the reason (not in the transfer)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: remote paths rsync named in an error line (e.g. permission denied in one subdir)
+    file_errors: dict[str, str] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):
@@ -149,6 +158,47 @@ class RsyncBackend(Backend):
     def _unreachable(self, returncode: int, stderr: str) -> bool:
         return False
 
+    def _unreachable_message(self, stderr: str, fallback: str) -> str:
+        why = ssh_diagnosis(stderr)
+        return f"{self.describe()} is unreachable: {why or fallback}"
+
+    def _file_errors(self, stderr: str, items: Sequence[Item]) -> dict[str, str]:
+        """``{remote_path: rsync's error line}`` for files an rsync error line names:
+        the file itself, its temporary ``.name.XXXXXX``, or a directory above it."""
+        named = _rsync_error_lines(stderr)
+        if not named:
+            return {}
+        roots = {self.basedir, self._safe_basedir, self.basedir.lstrip("./")}
+        by_rel: dict[str, str] = {}
+        for path, line in named:
+            path = path.rstrip("/")
+            for root in roots:
+                if root and path.startswith(root.rstrip("/") + "/"):
+                    by_rel.setdefault(path[len(root.rstrip("/")) + 1 :], line)
+                    break
+        if not by_rel:
+            return {}
+        out: dict[str, str] = {}
+        for item in items:
+            rel = item.remote_path
+            parent, _sep, base = rel.rpartition("/")
+            line = by_rel.get(rel)
+            if line is None:
+                for cand, cand_line in by_rel.items():
+                    cparent, _s, cbase = cand.rpartition("/")
+                    if cparent == parent and cbase.startswith(f".{base}."):
+                        line = cand_line
+                        break
+            if line is None:
+                parts = rel.split("/")
+                for n in range(len(parts) - 1, 0, -1):
+                    line = by_rel.get("/".join(parts[:n]))
+                    if line is not None:
+                        break
+            if line is not None:
+                out[rel] = line
+        return out
+
     # -- the two operations -------------------------------------------------------------------
 
     def _rsh(self) -> str | None:
@@ -206,9 +256,12 @@ class RsyncBackend(Backend):
             if result.returncode == 0:
                 return PutOutcome(ok=True, returncode=0, elapsed=result.elapsed, skipped=skipped)
             if self._unreachable(result.returncode, result.stderr):
-                raise RemoteUnreachable(f"{self.describe()} is unreachable: {result.describe()}")
+                raise RemoteUnreachable(self._unreachable_message(result.stderr, result.describe()))
+            full = _destination_full(result.stderr)
+            if full:
+                raise DestinationError(f"the destination {self.describe()} cannot take files: {full}")
             return PutOutcome(ok=False, error=result.describe(), returncode=result.returncode, elapsed=result.elapsed,
-                              skipped=skipped)  # fmt: skip
+                              skipped=skipped, file_errors=self._file_errors(result.stderr, items))  # fmt: skip
         finally:
             shutil.rmtree(tree, ignore_errors=True)
 
@@ -227,9 +280,14 @@ class RsyncBackend(Backend):
             raise RemoteUnreachable(f"cannot run md5sum for {self.describe()}: {exc}") from None
         stderr = result.stderr.decode("utf-8", "replace")
         if self._unreachable(result.returncode, stderr):
-            raise RemoteUnreachable(f"{self.describe()} is unreachable: ssh exited with 255: {stderr.strip()[-300:]}")
+            raise RemoteUnreachable(self._unreachable_message(stderr, f"ssh exited with 255: {stderr.strip()[-300:]}"))
         if result.returncode == 111:
-            return {}
+            # Only asked after rsync ran: a base dir that still does not exist means rsync
+            # could not create it (a missing parent, an unmounted disk), not a bad file.
+            raise DestinationError(
+                f"the base directory {self.basedir} does not exist on the destination and rsync could not create "
+                "it (is the destination disk mounted? create the directory); files stay pending"
+            )
         found = parse_md5sum_output(result.stdout)
         if result.returncode not in (0, 123) and not found:
             # 123: xargs saying md5sum failed for some file (missing ones); others are real errors.
@@ -312,6 +370,64 @@ class SshRsyncBackend(RsyncBackend):
         return returncode in (10, 12, 35) and any(
             s in text for s in ("ssh:", "connection", "host key", "permission denied (publickey")
         )
+
+
+_RSYNC_ERROR_RE = re.compile(r'^rsync: (?:\[\w+\] )?.*?"(?P<path>[^"]+)".*?(?:failed|error).*$', re.IGNORECASE)
+_FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
+
+
+def _rsync_error_lines(stderr: str) -> list[tuple[str, str]]:
+    """``(path, line)`` for each rsync error line that names a path in double quotes."""
+    found = []
+    for line in stderr.splitlines()[:2000]:
+        m = _RSYNC_ERROR_RE.match(line.strip())
+        if m:
+            found.append((m.group("path"), line.strip()[:300]))
+    return found
+
+
+def _destination_full(stderr: str) -> str | None:
+    """rsync's line saying the destination is out of space or quota, if any."""
+    for line in stderr.splitlines():
+        if any(marker in line for marker in _FULL_MARKERS):
+            return line.strip()[:300]
+    return None
+
+
+def ssh_diagnosis(stderr: str) -> str | None:
+    """One sentence saying why ssh refused or failed to connect, from its stderr.
+
+    rsync's own last line ("connection unexpectedly closed", "unexplained error (code
+    255)") hides the reason; an operator needs to know that the host key changed (a
+    possible man-in-the-middle: refused, never bypassed), is unknown, or the key was
+    refused. Key material is never quoted, only ssh's own explanation.
+    """
+    text = stderr or ""
+    lowered = text.lower()
+    known_hosts = re.search(r"Offending \S+ key in (\S+?):\d+", text)
+    where = f" (offending entry in {known_hosts.group(1)})" if known_hosts else ""
+    if "remote host identification has changed" in lowered or "has changed and you have requested strict" in lowered:
+        return (
+            "ssh refused to connect: the host key CHANGED since it was recorded" + where + "; this can be a "
+            "man-in-the-middle attack. Nothing was sent. If the host was legitimately re-keyed, replace its "
+            "entry in known_hosts"
+        )
+    if "host key verification failed" in lowered:
+        return (
+            "ssh refused to connect: the host key is not in known_hosts (host key checking is on); add it "
+            "(ssh-keyscan, checked out of band) or use --ssh-host-key-checking accept-new"
+        )
+    for marker, why in (
+        ("permission denied (publickey", "the ssh key was refused (check --ssh-key and the remote authorized_keys)"),
+        ("could not resolve hostname", "the host name does not resolve"),
+        ("connection refused", "the connection was refused (is sshd running on that port?)"),
+        ("connection timed out", "the connection timed out"),
+        ("no route to host", "there is no route to the host"),
+    ):
+        if marker in lowered:
+            line = next((x.strip() for x in text.splitlines() if marker in x.lower()), "")
+            return f"{why}: {line[:200]}"
+    return None
 
 
 def parse_md5sum_output(stdout: bytes) -> dict[str, str]:

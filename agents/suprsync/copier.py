@@ -334,10 +334,18 @@ class Copier:
             report.timed_out = put.timed_out
             report.error = put.error
             log.warning("rsync to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
+        # Files that could not even be staged were not sent: nothing to ask the destination.
+        results = [
+            CopyResult(task.id, "failed", error=put.skipped[task.remote_path], local_md5sum=md5,
+                       local_size=sig[0], local_mtime=sig[1])
+            for task, md5, sig in sendable if task.remote_path in put.skipped
+        ]  # fmt: skip
+        sendable = [x for x in sendable if x[0].remote_path not in put.skipped]
+        if not sendable:
+            return results
         nbytes = sum(sig[0] for _t, _m, sig in sendable)
         remote = self.backend.md5sums([t.remote_path for t, _m, _s in sendable], timeout=s.md5_timeout(nbytes),
                                       cancel=self.cancel)  # fmt: skip
-        results = []
         for task, md5, sig in sendable:
             got = remote.get(task.remote_path)
             common = {"local_md5sum": md5, "local_size": sig[0], "local_mtime": sig[1], "remote_md5sum": got}
@@ -353,7 +361,7 @@ class Copier:
                 else:
                     results.append(CopyResult(task.id, "verified", **common))
             elif got is None:
-                why = put.skipped.get(task.remote_path) or put.error or "rsync reported success"
+                why = put.file_errors.get(task.remote_path) or put.error or "rsync reported success"
                 results.append(CopyResult(task.id, "failed", error=f"not found on the destination after rsync ({why})",
                                           **common))  # fmt: skip
             else:

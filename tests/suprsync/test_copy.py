@@ -307,3 +307,26 @@ def test_a_ledger_that_cannot_be_opened_degrades_and_is_retried(tmp_path, src, d
         report = engine.iterate()
     assert report.ok and (dst / "f").read_text() == "f"
     real.dispose()
+
+
+def test_a_full_destination_costs_no_attempt(ledger, src, dst, tmp_path):
+    """rsync aborting with ENOSPC is the destination's fault: the batch stays pending
+    with no attempt counted (it used to count one per file until all were failed)."""
+    enospc = 'rsync: [receiver] write failed on "/dst/a": No space left on device (28)'
+    fake = write(tmp_path / "bin" / "rsync", f"#!/bin/sh\ncat >/dev/null\necho '{enospc}' >&2\nexit 11\n")
+    fake.chmod(0o755)
+    for i in range(3):
+        ledger.add_file(str(write(src / f"f{i}", str(i))), f"d/f{i}", ARCHIVE)
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst), rsync_program=str(fake)), tmp_path, max_copy_attempts=1)
+    report = engine.iterate()
+    assert not report.ok and report.unreachable
+    assert "No space left on device" in engine.last_error["message"]
+    assert status_of(ledger)["pending"] == 3 and status_of(ledger)["failed"] == 0
+
+
+def test_a_missing_local_base_dir_costs_no_attempt(ledger, src, tmp_path):
+    ledger.add_file(str(write(src / "a", "a")), "d/a", ARCHIVE)
+    engine = make_engine(ledger, LocalRsyncBackend(str(tmp_path / "unmounted" / "base")), tmp_path, max_copy_attempts=1)
+    report = engine.iterate()
+    assert report.unreachable and "does not exist" in engine.last_error["message"]
+    assert status_of(ledger)["pending"] == 1 and status_of(ledger)["failed"] == 0
