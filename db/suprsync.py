@@ -1077,10 +1077,10 @@ def import_socs_database(
                 status = "failed"
             else:
                 status = "pending"
+            # socs hashed the file once, at registration, and never again (socs#475): its
+            # size and mtime then are unknown, so none are recorded. The copier and the
+            # deleter hash a file whose signature does not match before trusting its md5.
             size = mtime = None
-            if status != "removed":
-                with contextlib.suppress(SupRsyncError):
-                    size, mtime = local_signature(local)
             rows.append({
                 "archive_name": arch, "local_path": local, "remote_path": remote,
                 "remote_path_hash": path_hash(remote), "timecode": check_timecode(remote), "status": status,

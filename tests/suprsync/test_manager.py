@@ -3,6 +3,7 @@ the socs import, and several processes sharing one ledger."""
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import sqlite3
@@ -11,6 +12,8 @@ import time
 import pytest
 from sqlalchemy import event
 
+from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+from hpcsync.agents.suprsync.deleter import delete_files
 from hpcsync.db.suprsync import (
     CopyResult,
     RemotePathError,
@@ -20,7 +23,7 @@ from hpcsync.db.suprsync import (
     normalize_remote_path,
 )
 
-from .conftest import ARCHIVE, make_engine, status_of, tc_now, write
+from .conftest import ARCHIVE, make_engine, md5, status_of, tc_now, write
 
 
 def test_add_file_stats_the_file_and_creates_its_timecode_dir(ledger, src):
@@ -322,3 +325,38 @@ def test_non_utf8_names_are_refused_clearly_and_the_ledger_stays_usable(ledger, 
     report = ledger.add_files([(local, "16000/bad.g3"), (str(good), "16000/good.g3")], ARCHIVE, skip_bad=True)
     assert report.added == 1 and len(report.refused) == 1 and "not valid UTF-8" in report.refused[0]
     assert status_of(ledger)["pending"] == 1
+
+
+def test_imported_socs_rows_are_rehashed_before_delete_or_copy(tmp_path, ledger, src, dst):
+    """socs never refreshed md5s (socs#475): a file changed after socs hashed it must not
+    be deleted as "copied" on the strength of socs's old md5, nor fail forever when retried.
+    The import used to record the file's current size/mtime as if they matched socs's md5."""
+    socs = tmp_path / "socs.db"
+    conn = sqlite3.connect(socs)
+    conn.execute(
+        "CREATE TABLE supersync_v0 (id INTEGER PRIMARY KEY, local_path VARCHAR NOT NULL, local_md5sum VARCHAR "
+        "NOT NULL, archive_name VARCHAR NOT NULL, remote_path VARCHAR NOT NULL, timestamp FLOAT NOT NULL, "
+        "remote_md5sum VARCHAR, copied FLOAT, removed FLOAT, failed_copy_attempts INTEGER, deletable BOOLEAN, "
+        "ignore BOOLEAN)"
+    )
+    old_md5 = hashlib.md5(b"old content").hexdigest()
+    grown = write(src / "grown.g3", "old content, then more written after socs copied it")
+    retried = write(src / "retried.g3", "content changed after socs registered it")
+    conn.executemany(
+        "INSERT INTO supersync_v0 VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        [
+            (1, str(grown), old_md5, ARCHIVE, "16000/grown.g3", 1.0, old_md5, 2.0, None, 0, 1, 0),  # copied
+            (2, str(retried), old_md5, ARCHIVE, "16000/retried.g3", 1.0, "ffff", None, None, 5, 1, 0),  # failed
+        ],
+    )
+    conn.commit()
+    conn.close()
+    assert import_socs_database(socs, ledger).by_status == {"copied": 1, "failed": 1}
+
+    delete_files(ledger, ARCHIVE, 0)
+    assert grown.exists(), "a file whose content was never sent was deleted"
+    assert ledger.retry_files(ARCHIVE) == 1
+    engine = make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path, max_copy_attempts=1)
+    assert engine.iterate().ok
+    assert status_of(ledger)["copied"] == 2 and status_of(ledger)["failed"] == 0
+    assert md5(dst / "16000/grown.g3") == md5(grown) and md5(dst / "16000/retried.g3") == md5(retried)
