@@ -364,9 +364,23 @@ class Copier:
                 why = put.file_errors.get(task.remote_path) or put.error or "rsync reported success"
                 results.append(CopyResult(task.id, "failed", error=f"not found on the destination after rsync ({why})",
                                           **common))  # fmt: skip
+            elif _changed_since(task.local_path, sig):
+                # Written to between hashing and sending (a file still growing): rsync sent
+                # newer content than was hashed. Not the copy's fault: no attempt counted,
+                # hashed again and sent again next time.
+                results.append(CopyResult(task.id, "changed", error="local file changed while it was copied; "
+                                          "sent again"))  # fmt: skip
             else:
                 why = f"; rsync: {put.error}" if put.error else ""
                 results.append(
                     CopyResult(task.id, "failed", error=f"remote md5 {got} differs from local md5 {md5}{why}", **common)
                 )
         return results
+
+
+def _changed_since(local_path: str, sig: tuple[int, float]) -> bool:
+    """True if the local file's size or mtime is no longer ``sig`` (False if it is gone)."""
+    try:
+        return local_signature(local_path) != sig
+    except SupRsyncError:
+        return False

@@ -330,3 +330,35 @@ def test_a_missing_local_base_dir_costs_no_attempt(ledger, src, tmp_path):
     report = engine.iterate()
     assert report.unreachable and "does not exist" in engine.last_error["message"]
     assert status_of(ledger)["pending"] == 1 and status_of(ledger)["failed"] == 0
+
+
+class _WritesDuringCopy(LocalRsyncBackend):
+    """A producer appends to the file after the copier hashed it, before rsync reads it."""
+
+    def __init__(self, basedir, growing: Path):
+        super().__init__(basedir)
+        self.growing = growing
+        self.appends = 0
+
+    def put(self, items, *, timeout, cancel=None):
+        if self.appends < 3:
+            self.appends += 1
+            with open(self.growing, "a") as f:
+                f.write(f"line {self.appends}\n")
+            os.utime(self.growing, ns=(0, (1_700_000_000 + self.appends) * 10**9))
+        return super().put(items, timeout=timeout, cancel=cancel)
+
+
+def test_a_file_written_while_it_is_copied_costs_no_attempt_and_is_sent_again(ledger, src, dst, tmp_path):
+    """A growing file used to pay a failed attempt each loop (md5 of the old content vs.
+    the newer content rsync sent) and end up ``failed`` after --max-copy-attempts."""
+    growing = write(src / "growing.log", "line 0\n")
+    ledger.add_file(str(growing), "logs/growing.log", ARCHIVE)
+    engine = make_engine(ledger, _WritesDuringCopy(str(dst), growing), tmp_path, max_copy_attempts=2)
+    for _ in range(3):
+        engine.iterate()
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "pending" and row.failed_copy_attempts == 0 and "changed" in row.last_error
+    engine.iterate()  # the producer is done: the final content is hashed, sent, verified
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "copied" and md5(dst / "logs/growing.log") == md5(growing) == row.remote_md5sum
