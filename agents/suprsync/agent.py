@@ -168,7 +168,9 @@ class SupRsync:
                 state.error(f"loop failed: {exc!r}", counter="errors_other")
                 self._stop.sleep(self.args.sleep_time)
                 continue
-            update: dict[str, Any] = {"last_copy": report.last_copy(), "counters": engine.counters}
+            update: dict[str, Any] = {"counters": engine.counters}
+            if any(b.size for b in report.batches) or not state.data.get("last_copy"):
+                update["last_copy"] = report.last_copy()  # an idle loop keeps the last batch shown
             if report.archive_stats is not None:
                 update["archive_stats"] = {self.archive: report.archive_stats}
                 self._publish("archive_stats", self.archive, report.archive_stats)
