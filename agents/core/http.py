@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import requests
 
@@ -150,12 +150,17 @@ class ApiClient:
             page = _json(resp)
             if not isinstance(page, dict) or "results" not in page:
                 raise ApiError(f"GET {_strip_query(resp.url)}: expected a paginated object with 'results'")
-            seen.add(resp.url)
+            seen.add(_page_key(resp.url))
             pages += 1
             yield page
             url = page.get("next")
-            if url and url in seen:
-                raise ApiError(f"GET {_strip_query(url)}: the API returned a page already fetched")
+            if url is not None and not isinstance(url, str):
+                raise ApiError(f"GET {_strip_query(resp.url)}: 'next' is not a URL: {str(url)[:100]!r}")
+            if url and _page_key(self.url(url)) in seen:
+                raise ApiError(
+                    f"GET {_strip_query(resp.url)} (page {pages}): its 'next' link points back to a page "
+                    "already fetched; stopped instead of fetching it again"
+                )
             if max_pages is not None and pages >= max_pages:
                 return
 
@@ -164,6 +169,13 @@ class ApiClient:
             return self.cancel.wait(seconds)
         time.sleep(seconds)
         return False
+
+
+def _page_key(url: str) -> tuple:
+    """A page's identity: the same page however its query is ordered or encoded (no page = 1)."""
+    parts = urlsplit(url)
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if (k, v) != ("page", "1"))
+    return parts.netloc.lower(), parts.path.rstrip("/"), tuple(query)
 
 
 def _json(resp: requests.Response) -> Any:
@@ -176,6 +188,23 @@ def _json(resp: requests.Response) -> Any:
         ) from exc
 
 
+def redact_credentials(text: str, headers: Mapping[str, str] | None) -> str:
+    """``text`` without the value of the request's credential headers (nor its key part).
+
+    A server may echo the ``Authorization`` header in an error page; the excerpt of that
+    page goes into error messages, logs and ``session.data``.
+    """
+    for name in ("Authorization", "Proxy-Authorization"):
+        value = (headers or {}).get(name)
+        if not value:
+            continue
+        for secret in sorted({value, value.split()[-1]}, key=len, reverse=True):
+            if len(secret) >= 4:
+                text = text.replace(secret, "***")
+    return text
+
+
 def _body_excerpt(resp: requests.Response, limit: int = 300) -> str:
     text = (resp.text or "").strip().replace("\n", " ")
+    text = redact_credentials(text, resp.request.headers if resp.request is not None else None)
     return text[:limit] + ("…" if len(text) > limit else "")

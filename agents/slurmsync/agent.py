@@ -52,6 +52,10 @@ class SlurmSync:
         self._db_lock = threading.Lock()
         self._cancel = {name: threading.Event() for name in ("reverse_sync", "sync_running_jobs", "full_sync")}
         self._run_stop = StopFlag()
+        # One sync at a time per instance: concurrent jobs would share the ledger rows, the
+        # resume cursor and the book-keeping log files. A second one is refused, by name.
+        self._busy = threading.Lock()
+        self._busy_with: str | None = None
         agent.register_feed("sync_stats", record=True, agg_params={"frame_length": 60}, buffer_time=1)
 
     def _log_dir(self, args: argparse.Namespace) -> str:
@@ -83,32 +87,90 @@ class SlurmSync:
         clock = ClusterClock(self.settings.cluster_tz)
         return {key: clock.parse_user_time(params[key], key) if params.get(key) else None for key in ("start", "end")}
 
+    def _execute(
+        self, label: str, operation: str, dry_run: bool, cancel: threading.Event, progress, job, finished
+    ) -> tuple[str, Any]:
+        """Run one engine job in its own thread; return when it ends or within a second of a stop.
+
+        Returns ``("busy", other_job)`` if another sync of this instance is under way,
+        ``("stopped", None)`` if a stop was asked for and the job is still finishing an API
+        call (it ends in the background and records its outcome), else ``("done", None)``
+        after ``finished(report, error)`` has run in the job's thread.
+        """
+        if not self._busy.acquire(blocking=False):
+            return "busy", self._busy_with
+        self._busy_with = label
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                report, error = None, None
+                try:
+                    engine = self._engine(cancel, progress)
+                    report = engine.record(operation, dry_run, lambda: job(engine))
+                except USER_ERRORS as exc:
+                    error = exc
+                finished(report, error)
+            except Exception as exc:  # a bug: keep its traceback in the agent log
+                self.log.error("{op} crashed: {err!r}", op=label, err=exc)
+                finished(None, exc)
+            finally:
+                self._busy_with = None
+                self._busy.release()
+                done.set()
+
+        threading.Thread(target=work, name=f"slurmsync-{operation}", daemon=True).start()
+        while not done.wait(0.1):
+            if cancel.is_set() and not done.wait(0.5):
+                return "stopped", None
+        return "done", None
+
+    def _busy_message(self, operation: str, other: str | None) -> str:
+        return (
+            f"{operation} not started: {other or 'another sync'} is still running on this instance "
+            "(syncs of one target share its ledger and log files, so they run one at a time); "
+            "start it again when that one has finished"
+        )
+
     def _run_job(self, session: Any, operation: str, dry_run: bool, job: Callable[[SlurmSyncEngine], Any]):
         """Run one engine job as an op: progress into session.data, errors into degraded."""
         state = OpState(session, operation=operation, target=self.settings.target, dry_run=dry_run, activity="starting")
         cancel = self._cancel[operation]
         cancel.clear()
+        result: dict[str, Any] = {}
 
         def progress(**fields: Any) -> None:
             state.update(activity=fields.pop("activity", "working"), progress=fields)
 
-        try:
-            engine = self._engine(cancel, progress)
-            report = engine.record(operation, dry_run, lambda: job(engine))
-        except USER_ERRORS as exc:
-            state.update(activity="failed")
-            state.error(str(exc), counter="errors")
-            self.log.error("{op} failed: {err}", op=operation, err=str(exc))
-            return False, f"{operation} failed: {exc}"
-        final = OpState(session, **report.summary(), activity="done" if report.ok else "failed")
-        problems = not report.ok or getattr(report, "rejected", 0) or getattr(report, "failed", 0)
-        if problems:
-            final.error(report.message(), counter="errors")
-        else:
-            final.recovered()
-        self._publish(operation, report)
-        self.log.info("{msg}", msg=report.message())
-        return report.ok, report.message()
+        def finished(report: Any, error: BaseException | None) -> None:
+            if report is None:
+                state.update(activity="failed")
+                state.error(str(error), counter="errors")
+                self.log.error("{op} failed: {err}", op=operation, err=str(error))
+                result["reply"] = (False, f"{operation} failed: {error}")
+                return
+            final = OpState(session, **report.summary(), activity="done" if report.ok else "failed")
+            problems = not report.ok or getattr(report, "rejected", 0) or getattr(report, "failed", 0)
+            if problems:
+                final.error(report.message(), counter="errors")
+            else:
+                final.recovered()
+            self._publish(operation, report)
+            self.log.info("{msg}", msg=report.message())
+            result["reply"] = (report.ok, report.message())
+
+        outcome, other = self._execute(operation, operation, dry_run, cancel, progress, job, finished)
+        if outcome == "busy":
+            message = self._busy_message(operation, other)
+            state.update(activity="not started", refused=message)
+            return False, message
+        if outcome == "stopped":
+            state.update(activity="stopping: API calls under way end in the background and are recorded")
+            return True, (
+                f"{operation} stopped on request; the API calls already under way end in the background "
+                "and their outcomes go to the ledger and the log file"
+            )
+        return result["reply"]
 
     def _publish(self, operation: str, report: Any) -> None:
         summary = report.summary()
@@ -306,22 +368,41 @@ class SlurmSync:
         def progress(**fields: Any) -> None:
             state.update(activity=f"syncing running jobs: {fields.pop('activity', 'working')}")
 
-        try:
-            engine = self._engine(self._run_stop.event, progress)
-            report = engine.record("sync_running_jobs", not push, lambda: engine.sync_running_jobs(push=push))
-        except USER_ERRORS as exc:
-            self.log.error("running-jobs sync failed: {err}", err=str(exc))
-            return {"ok": False, "finished_at": time.time(), "message": f"sync_running_jobs failed: {exc}"}
-        self._publish("sync_running_jobs", report)
-        return {
-            "ok": report.ok and not report.rejected,
-            "listed_running": report.listed_running,
-            "pushed": report.pushed,
-            "to_push": report.to_push,
-            "still_running": report.still_running,
-            "finished_at": time.time(),
-            "message": report.message(),
-        }
+        cycle: dict[str, Any] = {}
+
+        def finished(report: Any, error: BaseException | None) -> None:
+            if report is None:
+                self.log.error("running-jobs sync failed: {err}", err=str(error))
+                cycle.update(ok=False, finished_at=time.time(), message=f"sync_running_jobs failed: {error}")
+                return
+            self._publish("sync_running_jobs", report)
+            cycle.update(
+                ok=report.ok and not report.rejected,
+                listed_running=report.listed_running,
+                pushed=report.pushed,
+                to_push=report.to_push,
+                still_running=report.still_running,
+                finished_at=time.time(),
+                message=report.message(),
+            )
+
+        outcome, other = self._execute(
+            "the run process",
+            "sync_running_jobs",
+            not push,
+            self._run_stop.event,
+            progress,
+            lambda e: e.sync_running_jobs(push=push),
+            finished,
+        )
+        if outcome == "busy":
+            # Not a failure: the other sync covers this cycle's work or the next cycle will.
+            message = self._busy_message("this cycle", other)
+            return {"ok": True, "skipped": True, "finished_at": time.time(), "message": message}
+        if outcome == "stopped":
+            message = "stopped during the sync; it ends in the background"
+            return {"ok": True, "finished_at": time.time(), "message": message}
+        return cycle
 
     def _stop_run(self, session, params):
         self._run_stop.stop()

@@ -35,6 +35,8 @@ class BookkeepingLog:
 
     def write(self, level: str, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        # One event, one line: a newline inside a name from the API cannot forge a line.
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         line = redact(f"{stamp} {level:<8} {message}", self._token)
         with self._lock:
             self._fh.write(line + "\n")

@@ -7,8 +7,11 @@ cluster's zone (an IANA name, or the machine's local zone when none is given) an
 
 sacct formats times in the zone of *its own* environment, so :meth:`ClusterClock.env` sets
 ``TZ`` for the sacct child to the same zone used for reading: the two cannot disagree.
-Inside a DST fall-back hour a local time names two instants; sacct does not say which, so
-the first one is taken (``fold=0``).
+Inside a DST fall-back hour a local time names two instants and sacct does not say which.
+:meth:`ClusterClock.sacct_choices` gives both; the sacct parser picks, per job, the reading
+that keeps Submit <= Start <= End and matches the job's elapsed time (CPUTimeRAW /
+AllocCPUS), so a job that spans the change is neither negative nor short. Alone, a time is
+read as the first instant (``fold=0``).
 """
 
 from __future__ import annotations
@@ -60,9 +63,23 @@ class ClusterClock:
     def localize(self, naive: datetime) -> datetime:
         """The instant a cluster-local wall-clock time names (aware, UTC)."""
         if self.zone is not None:
-            return naive.replace(tzinfo=self.zone).astimezone(UTC)
+            return naive.replace(tzinfo=self.zone).astimezone(UTC)  # keeps naive.fold
         # astimezone() on a naive datetime applies the machine's zone rules (DST included).
         return naive.astimezone().astimezone(UTC)
+
+    def sacct_choices(self, text: str) -> tuple[datetime, ...]:
+        """Every instant a sacct time field can name: none (Unknown), one, or two (DST fall-back).
+
+        Raises ValueError for anything that is not a sacct time.
+        """
+        if not text or text in ("Unknown", "None", "N/A"):
+            return ()
+        if len(text) != 19 or text[10] != "T":
+            raise ValueError(f"expected {SACCT_TIME_FORMAT}")
+        naive = datetime.fromisoformat(text)
+        first = self.localize(naive)
+        second = self.localize(naive.replace(fold=1))
+        return (first,) if second == first else (first, second)
 
     def parse_sacct(self, text: str) -> datetime | None:
         """A sacct time field as an aware UTC datetime; ``None`` for Unknown/None/empty.

@@ -107,11 +107,18 @@ class ColdFrontApi:
 
     def list_all(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict]:
         """Every result of a paginated list, following ``next`` (each page fetched once)."""
-        for page in self.client.paginate(path, params):
-            yield from page["results"]
+        for number, page in enumerate(self.client.paginate(path, params), 1):
+            results = page["results"]
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise _malformed(f"GET {path} page {number}", "'results' is not a list of objects")
+            yield from results
 
     def projects(self) -> list[dict]:
-        return list(self.list_all("projects/"))
+        projects = list(self.list_all("projects/"))
+        for index, project in enumerate(projects):
+            if not isinstance(project.get("name"), str) or not project["name"].strip():
+                raise _malformed("GET projects/", f"project #{index + 1} has no 'name' ({_shape(project)})")
+        return projects
 
     def compute_allocation(self, project: str, resource: str) -> Allocation | None:
         """The project's allocation of ``resource`` (an Active one first), or None.
@@ -120,15 +127,21 @@ class ColdFrontApi:
         means "no allocation" here.
         """
         try:
-            results = self.client.get_json("allocations/", {"project": project, "resources": resource})["results"]
+            data = self.client.get_json("allocations/", {"project": project, "resources": resource})
         except ApiError as exc:
             if exc.status == 400:
                 return None
             raise
+        where = f"GET allocations/ of project {project}"
+        results = _results(data, where)
         if not results:
             return None
         chosen = next((a for a in results if a.get("status") == "Active"), results[0])
+        if not isinstance(chosen.get("id"), int) or isinstance(chosen.get("id"), bool):
+            raise _malformed(where, f"the allocation has no integer 'id' ({_shape(chosen)})")
         start = chosen.get("start_date")
+        if start is not None and not isinstance(start, str):
+            start = None
         if isinstance(start, str) and "." in start:
             start = start.split(".", 1)[0]
         return Allocation(chosen["id"], project, resource, start, str(chosen.get("status", "")))
@@ -136,15 +149,21 @@ class ColdFrontApi:
     def service_units(self, allocation_id: int) -> tuple[Decimal | None, Decimal | None]:
         """(allocated SUs, used SUs) of an allocation; None where the API has no value."""
         data = self.client.get_json(f"allocations/{allocation_id}/attributes/", {"type": SERVICE_UNITS})
-        results = data.get("results") or []
+        results = _results(data, f"GET allocations/{allocation_id}/attributes/")
         if not results:
             return None, None
-        return _decimal(results[0].get("value")), _decimal((results[0].get("usage") or {}).get("value"))
+        usage = results[0].get("usage")
+        return _decimal(results[0].get("value")), _decimal(usage.get("value") if isinstance(usage, dict) else None)
 
     def running_jobs(self, start: datetime, end: datetime) -> list[dict]:
         """Jobs the API lists as RUNNING whose **start date** lies in [start, end]."""
         params = {"jobstatus": "RUNNING", "start_time": int(start.timestamp()), "end_time": int(end.timestamp())}
-        return list(self.list_all("jobs/", params))
+        jobs = list(self.list_all("jobs/", params))
+        for index, job in enumerate(jobs):
+            job_id = job.get("jobslurmid")
+            if isinstance(job_id, bool) or not isinstance(job_id, (str, int)) or not str(job_id).strip():
+                raise _malformed("GET jobs/?jobstatus=RUNNING", f"job #{index + 1} has no 'jobslurmid' ({_shape(job)})")
+        return jobs
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -164,6 +183,23 @@ class ColdFrontApi:
         except ApiError as exc:
             return PushResult(jobslurmid, "rejected", exc.status, str(exc))
         return PushResult(jobslurmid, "pushed", status)
+
+
+def _malformed(where: str, detail: str) -> ApiError:
+    return ApiError(f"{where}: the API's answer is not in the expected shape: {detail}")
+
+
+def _shape(item: Any) -> str:
+    """The keys of an object from the API (never its values, which may be long or private)."""
+    return f"keys: {', '.join(sorted(map(str, item)))[:200]}" if isinstance(item, dict) else type(item).__name__
+
+
+def _results(data: Any, where: str) -> list[dict]:
+    """The ``results`` list of a list answer; ApiError naming ``where`` if it has none."""
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise _malformed(where, "expected an object with a 'results' list of objects")
+    return results
 
 
 def _decimal(value: Any) -> Decimal | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import tempfile
 import threading
 import time
@@ -618,8 +619,11 @@ class SlurmSyncEngine:
                     report.without_allocation.append(name)
                     continue
                 service_units, _usage = self.api.service_units(allocation.id)
-                if service_units is None:
+                if service_units is None or service_units < 0:
+                    # A negative limit would clear Slurm's limit (-1) or be refused: never set it.
                     report.without_service_units.append(name)
+                    if service_units is not None:
+                        book.warning(f"project {name}: the API gives {service_units} service units; not set")
                     continue
                 minutes = int(service_units * 60)
                 current = limits.get(name)
@@ -630,7 +634,8 @@ class SlurmSyncEngine:
                     report.unchanged += 1
                 else:
                     report.changes.append(LimitChange(name, service_units, minutes, current.cpu_minutes))
-            report.commands = [" ".join(set_limit_argv(self.sacctmgr, c.account, c.minutes)) for c in report.changes]
+            # Quoted for the shell: the file is run by an operator, and names come from the API.
+            report.commands = [shlex.join(set_limit_argv(self.sacctmgr, c.account, c.minutes)) for c in report.changes]
             report.output_file = str(self._write_commands(report))
             for change, command in zip(report.changes, report.commands, strict=True):
                 book.info(
@@ -672,7 +677,7 @@ class SlurmSyncEngine:
             "# Review, then run this file, or start reverse_sync with apply=True.",
         ]
         for name in report.missing_in_slurm:
-            lines.append(f"# project {name} has no Slurm account: nothing to set")
+            lines.append(f"# project {_printable(name)} has no Slurm account: nothing to set")
         lines.extend(report.commands)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".reverse_sync.", suffix=".tmp")
@@ -704,6 +709,11 @@ class SlurmSyncEngine:
                 run.status = "stopped"
                 run.message = report.message()
             return report
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a name from the API) escaped."""
+    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 class _RunContext:

@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from threading import Event
 
@@ -140,11 +141,11 @@ def parse_sacct_line(line: str, clock: ClusterClock, where: str) -> SacctJob | N
     field = "?"
     try:
         field = "Submit"
-        submit = clock.parse_sacct(values[1].strip())
+        submits = clock.sacct_choices(values[1].strip())
         field = "Start"
-        start = clock.parse_sacct(values[2].strip())
+        starts = clock.sacct_choices(values[2].strip())
         field = "End"
-        end = clock.parse_sacct(values[3].strip())
+        ends = clock.sacct_choices(values[3].strip())
         field = "NodeList"
         nodes = expand_nodes(values[9])
         field = "AllocCPUS"
@@ -160,6 +161,8 @@ def parse_sacct_line(line: str, clock: ClusterClock, where: str) -> SacctJob | N
         raise SacctFormatError(
             f"{where}: job {job_id}: field {field} {values[index]!r} does not parse ({exc})"
         ) from None
+    elapsed = cpu_time_raw / alloc_cpus if alloc_cpus > 0 and cpu_time_raw > 0 else None
+    submit, start, end = _pick_instants(submits, starts, ends, elapsed)
     return SacctJob(
         job_id=job_id,
         submit=submit,
@@ -176,6 +179,31 @@ def parse_sacct_line(line: str, clock: ClusterClock, where: str) -> SacctJob | N
         alloc_nodes=alloc_nodes,
         cpu_time_raw=cpu_time_raw,
     )
+
+
+def _pick_instants(
+    submits: tuple[datetime, ...], starts: tuple[datetime, ...], ends: tuple[datetime, ...], elapsed: float | None
+) -> tuple[datetime | None, datetime | None, datetime | None]:
+    """Submit, Start, End, choosing between the two readings of a DST fall-back hour.
+
+    The readings kept are in order (Submit <= Start <= End) and, when the job's elapsed
+    seconds are known, closest to them; ties go to the first reading (``fold=0``).
+    """
+    best: tuple[float, tuple] | None = None
+    for submit in submits or (None,):
+        for start in starts or (None,):
+            for end in ends or (None,):
+                times = [t for t in (submit, start, end) if t is not None]
+                if any(later < earlier for earlier, later in pairwise(times)):
+                    continue
+                score = 0.0
+                if elapsed is not None and start is not None and end is not None:
+                    score = abs((end - start).total_seconds() - elapsed)
+                if best is None or score < best[0]:
+                    best = (score, (submit, start, end))
+    if best is None:  # no reading is in order: keep the first ones, the API will say why
+        return tuple(choices[0] if choices else None for choices in (submits, starts, ends))  # type: ignore[return-value]
+    return best[1]
 
 
 def parse_sacct_output(lines: Iterable[str], clock: ClusterClock, source: str) -> list[SacctJob]:

@@ -25,7 +25,7 @@ import time
 from urllib.parse import urlsplit
 from urllib.request import getproxies, proxy_bypass
 
-from hpcsync.agents.core.http import RETRY_STATUSES, ApiAuthError, ApiError, ApiUnavailable
+from hpcsync.agents.core.http import RETRY_STATUSES, ApiAuthError, ApiError, ApiUnavailable, redact_credentials
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class JsonSender:
                 attempt += 1
                 continue
             if status >= 400:
-                excerpt = text.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
+                excerpt = redact_credentials(text.decode("utf-8", "replace"), self.headers)
+                excerpt = excerpt.strip().replace("\n", " ")[:300]
                 raise ApiError(f"{shown}: HTTP {status} {resp.reason}: {excerpt}", status=status, url=shown)
             return status
         raise ApiUnavailable(f"{shown}: gave up after {self.retries + 1} tries: {last_problem}")

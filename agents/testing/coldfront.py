@@ -106,6 +106,7 @@ class ColdFrontEmulator:
         self._ids = Counter()
         self.requests: Counter[str] = Counter()
         self.faults: list[dict] = []
+        self._release = threading.Event()
 
     def _next_id(self, kind: str) -> int:
         self._ids[kind] += 1
@@ -230,7 +231,7 @@ class ColdFrontEmulator:
             for attribute in (*self.attributes.values(), *self.user_attributes.values()):
                 attribute["usage"] = Decimal("0.00")
             self.requests.clear()
-            self.faults.clear()
+            self.clear_faults()
 
     # -- admin: observation ----------------------------------------------------------------
 
@@ -297,24 +298,29 @@ class ColdFrontEmulator:
         methods: tuple[str, ...] | list[str] = ("PUT", "POST"),
         path_prefix: str = "/api/",
         mode: str = "status",
+        delay: float = 0.0,
     ) -> None:
         """From the ``after+1``-th matching request on, fail ``count`` of them (None = all).
 
         ``mode="status"`` answers ``status`` without touching data (an outage);
         ``mode="drop"`` processes the request, then closes the connection without an
-        answer (the client cannot know that its write was committed).
+        answer (the client cannot know that its write was committed);
+        ``mode="delay"`` holds the request ``delay`` seconds (a very slow API; clearing
+        the faults lets held requests go on at once), then answers it normally.
         """
-        if mode not in ("status", "drop"):
-            raise ValueError("mode must be 'status' or 'drop'")
+        if mode not in ("status", "drop", "delay"):
+            raise ValueError("mode must be 'status', 'drop' or 'delay'")
         with self._lock:
             self.faults.append({
                 "status": int(status), "after": int(after), "count": count, "methods": [m.upper() for m in methods],
-                "path_prefix": path_prefix, "mode": mode, "seen": 0, "fired": 0,
+                "path_prefix": path_prefix, "mode": mode, "seen": 0, "fired": 0, "delay": float(delay),
             })  # fmt: skip
 
     def clear_faults(self) -> None:
         with self._lock:
             self.faults.clear()
+            self._release.set()
+            self._release = threading.Event()
 
     def _fault_for(self, method: str, path: str) -> dict | None:
         for fault in self.faults:
@@ -339,6 +345,7 @@ class ColdFrontEmulator:
         return self
 
     def stop(self) -> None:
+        self.clear_faults()  # held (delayed) requests answer now
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -381,8 +388,11 @@ class ColdFrontEmulator:
         with self._lock:
             self.requests[f"{method} {target}"] += 1
             fault = self._fault_for(method, path)
+            release = self._release
         if fault is not None and fault["mode"] == "status":
             return fault["status"], {"detail": "Service temporarily unavailable (injected fault)."}, {}, False
+        if fault is not None and fault["mode"] == "delay":
+            release.wait(fault["delay"])
         try:
             status, payload = self._api(method, path, query, headers, body, host)
             extra: dict[str, str] = {}
@@ -986,6 +996,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters instead
         pass
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (killed, or gave up waiting): nothing to answer
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

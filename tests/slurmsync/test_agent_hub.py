@@ -248,3 +248,36 @@ def test_run_process_patches_running_jobs_and_stops_promptly(agent, slurm, emula
     done = client.run.wait(timeout=10)
     assert done.session["status"] == "done" and done.session["success"] is True
     assert time.monotonic() - asked < 5  # sleeping 600 s, yet it stops at once
+
+
+def test_a_stop_against_a_very_slow_api_ends_the_op_and_a_second_sync_is_refused_meanwhile(agent, slurm, emulator):
+    start, _paths = agent
+    client = start()  # --api-timeout 10: a held PUT would keep the op for 10 s
+    emulator.inject_fault(mode="delay", delay=60, methods=["PUT"])
+    client.full_sync.start(push=True)
+    deadline = time.monotonic() + 30
+    while emulator.request_count("PUT") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert emulator.request_count("PUT") > 0, "no PUT reached the API"
+
+    # One sync at a time: a second one is refused by name, not run over the same ledger.
+    refused = client.sync_running_jobs(push=True)
+    assert refused.session["success"] is False
+    assert any("full_sync is still running on this instance" in text for _, text in refused.session["messages"])
+    assert refused.session["data"]["activity"] == "not started"
+
+    client.full_sync.abort()
+    done = client.full_sync.wait(timeout=3)  # well inside the 10 s the held PUT would take
+    assert done.session["status"] == "done", done.session
+    assert any("stopped on request" in text for _, text in done.session["messages"])
+
+    emulator.clear_faults()  # the held PUTs are answered; the background run records them
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        again = client.full_sync(push=True)
+        if again.session["success"]:
+            break
+        time.sleep(0.2)
+    assert again.session["success"] is True, again.session["messages"]
+    usage = {p: emulator.usage(p) for p in ("pc_alpha", "fc_beta")}
+    assert usage == expected_usage(finished_jobs(slurm))  # each job charged once
