@@ -561,7 +561,7 @@ class SlurmSyncEngine:
     def _finish(self, in_flight: _InFlight, report: SyncReport, book: BookkeepingLog) -> None:
         """Wait for a batch's PUTs, commit their outcomes, count them; raise if the API failed."""
         results = [future.result() for future in in_flight.futures]
-        self.ledger.record_outcomes(results)
+        self.ledger.record_outcomes(results, {job.jobslurmid: job.hash for job in in_flight.batch})
         fatal: PushResult | None = None
         for job, result in zip(in_flight.batch, results, strict=True):
             if result.outcome == "pushed":

@@ -45,6 +45,15 @@ _TABLE = SlurmJobPush.__table__
 _INTENT_COLUMNS = ("account", "jobstatus", "amount", "payload_hash", "state", "attempted_at", "error")
 
 
+#: The ledger's amount column is Numeric(11, 2); a larger amount (which no API accepts
+#: either) is kept out of it rather than failing the whole batch on PostgreSQL/MariaDB.
+_AMOUNT_LIMIT = Decimal(10) ** 9
+
+
+def _storable(amount: Decimal | None) -> Decimal | None:
+    return amount if amount is not None and abs(amount) < _AMOUNT_LIMIT else None
+
+
 def payload_hash(payload: dict) -> str:
     """A stable hash of a job payload (keys sorted, no whitespace)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -91,7 +100,7 @@ class JobLedger:
         now = time.time()
         values = {
             j.jobslurmid: {
-                "account": j.account, "jobstatus": j.jobstatus, "amount": j.amount, "payload_hash": j.hash,
+                "account": j.account, "jobstatus": j.jobstatus, "amount": _storable(j.amount), "payload_hash": j.hash,
                 "state": "pushing", "attempted_at": now, "error": None,
             }
             for j in jobs
@@ -113,8 +122,13 @@ class JobLedger:
                 if attempt:
                     raise
 
-    def record_outcomes(self, results: Iterable[PushResult]) -> None:
-        """Commit what each PUT of the batch did."""
+    def record_outcomes(self, results: Iterable[PushResult], sent: dict[str, str] | None = None) -> None:
+        """Commit what each PUT of the batch did.
+
+        ``sent`` maps job id -> hash of the payload this run sent; it becomes
+        ``pushed_hash``. (Without it, the hash committed with the intent is used - which
+        another run pushing the same job meanwhile may have replaced.)
+        """
         now = time.time()
         pushed, other = [], []
         for r in results:
@@ -123,12 +137,13 @@ class JobLedger:
                 "v_error": r.error[:2000] if r.error else None,
             }  # fmt: skip
             if r.outcome == "pushed":
-                pushed.append({**row, "v_pushed_at": now})
+                pushed.append({**row, "v_pushed_at": now, **({"v_pushed_hash": sent[r.jobslurmid]} if sent else {})})
             else:
                 other.append(row)
         with self.db.session() as s:
-            if pushed:
-                # pushed_hash takes the hash committed with the intent: what was sent.
+            if pushed and sent:
+                s.execute(self._update("state", "http_status", "error", "pushed_at", "pushed_hash"), pushed)
+            elif pushed:
                 stmt = self._update("state", "http_status", "error", "pushed_at")
                 s.execute(stmt.values(pushed_hash=_TABLE.c.payload_hash), pushed)
             if other:
