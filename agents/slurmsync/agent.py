@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -112,7 +113,7 @@ class SlurmSync:
                     error = exc
                 finished(report, error)
             except Exception as exc:  # a bug: keep its traceback in the agent log
-                self.log.error("{op} crashed: {err!r}", op=label, err=exc)
+                self.log.error("{op} crashed: {tb}", op=label, tb=traceback.format_exc())
                 finished(None, exc)
             finally:
                 self._busy_with = None
