@@ -426,6 +426,7 @@ class SupRsyncFilesManager:
                         copied_at=None,
                         removed_at=None,
                         failed_copy_attempts=0,
+                        last_attempt_at=None,  # a batch in flight no longer owns the row
                         last_error="registered again with a changed local file: it will be sent again",
                     ),
                     requeue,
@@ -749,16 +750,27 @@ class SupRsyncFilesManager:
             for part in _chunks(list(ids), IN_CHUNK):
                 s.execute(update(t).where(t.c.id.in_(part)).values(last_attempt_at=now))
 
-    def record_results(self, results: Sequence[CopyResult], max_copy_attempts: int, now: float | None = None) -> None:
+    def record_results(
+        self,
+        results: Sequence[CopyResult],
+        max_copy_attempts: int,
+        now: float | None = None,
+        attempt_started: float | None = None,
+    ) -> None:
         """Commit the outcome of a batch in its own transaction.
 
         Verified files become ``copied`` (``copied_at`` = now). A failed or missing file
         gets one more attempt counted; at ``max_copy_attempts`` it becomes ``failed`` (or
         ``missing``) and is no longer tried. Only rows still ``pending`` are touched, so an
-        operator's ``ignore`` during the batch stands.
+        operator's ``ignore`` during the batch stands; with ``attempt_started`` (the time
+        given to :meth:`mark_attempt_started`) only rows still owned by this attempt, so a
+        file registered again while it was copied keeps its new registration.
         """
         t = SupRsyncFile.__table__
         now = time.time() if now is None else now
+        owned = t.c.status == "pending"
+        if attempt_started is not None:
+            owned = and_(owned, t.c.last_attempt_at == float(attempt_started))
         verified = [r for r in results if r.outcome == "verified"]
         failed = [r for r in results if r.outcome in ("failed", "missing")]
         changed = [r for r in results if r.outcome == "changed"]
@@ -769,7 +781,7 @@ class SupRsyncFilesManager:
             if verified:
                 s.execute(
                     update(t)
-                    .where(t.c.id == bindparam("b_id"), t.c.status == "pending")
+                    .where(t.c.id == bindparam("b_id"), owned)
                     .values(
                         status="copied", copied_at=now, last_attempt_at=now, last_error=None,
                         remote_md5sum=bindparam("b_remote"), local_md5sum=bindparam("b_md5"),
@@ -782,7 +794,7 @@ class SupRsyncFilesManager:
                 attempts = t.c.failed_copy_attempts + 1
                 s.execute(
                     update(t)
-                    .where(t.c.id == bindparam("b_id"), t.c.status == "pending")
+                    .where(t.c.id == bindparam("b_id"), owned)
                     .values(
                         failed_copy_attempts=attempts,
                         status=case((attempts >= int(max_copy_attempts), bindparam("b_final")), else_="pending"),
@@ -800,7 +812,7 @@ class SupRsyncFilesManager:
             if changed:
                 s.execute(
                     update(t)
-                    .where(t.c.id == bindparam("b_id"), t.c.status == "pending")
+                    .where(t.c.id == bindparam("b_id"), owned)
                     .values(local_md5sum=None, last_attempt_at=now, last_error=bindparam("b_error")),
                     [{"b_id": r.id, "b_error": r.error or "changed while being copied"} for r in changed],
                 )

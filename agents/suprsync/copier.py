@@ -281,7 +281,7 @@ class Copier:
         if report.unreachable:
             log.warning("%s; %d files stay pending and are tried again later", report.error, len(sent.sendable))
         # Outcomes are committed even when the transfer failed: attempts are never lost.
-        self.manager.record_results(results, self.settings.max_copy_attempts)
+        self.manager.record_results(results, self.settings.max_copy_attempts, attempt_started=report.start_time)
         path_of = {t.id: t.local_path for t in sent.tasks}
         for r in results:
             if len(report.files) < REPORTED_FILES:

@@ -362,3 +362,32 @@ def test_a_file_written_while_it_is_copied_costs_no_attempt_and_is_sent_again(le
     engine.iterate()  # the producer is done: the final content is hashed, sent, verified
     (row,) = ledger.get_known_files(ARCHIVE)
     assert row.status == "copied" and md5(dst / "logs/growing.log") == md5(growing) == row.remote_md5sum
+
+
+class _ReregistersDuringCopy(LocalRsyncBackend):
+    """A producer registers a new local file for the same remote path while it is copied."""
+
+    def __init__(self, basedir, manager, newer: Path):
+        super().__init__(basedir)
+        self.manager, self.newer, self.done = manager, newer, False
+
+    def put(self, items, *, timeout, cancel=None):
+        if not self.done:
+            self.done = True
+            self.manager.add_file(str(self.newer), items[0].remote_path, ARCHIVE)
+        return super().put(items, timeout=timeout, cancel=cancel)
+
+
+def test_a_file_registered_again_during_its_copy_is_not_marked_copied_with_the_old_content(ledger, src, dst, tmp_path):
+    """The batch's outcome used to overwrite the new registration: the row became
+    ``copied`` with the old md5, and the new file was never sent."""
+    old = write(src / "v1.g3", "version 1")
+    new = write(src / "v2.g3", "version 2, longer")
+    ledger.add_file(str(old), "obs/data.g3", ARCHIVE)
+    engine = make_engine(ledger, _ReregistersDuringCopy(str(dst), ledger, new), tmp_path)
+    engine.iterate()
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.local_path == str(new) and row.status == "pending"
+    engine.iterate()
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "copied" and row.remote_md5sum == md5(new) == md5(dst / "obs/data.g3")
