@@ -54,7 +54,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sacct-file",
         help="read jobs from a saved 'sacct -naPX --format=JobId,Submit,Start,End,UID,Account,State,Partition,"
-        "QOS,NodeList,AllocCPUS,ReqNodes,AllocNodes,CPUTimeRAW,CPUTime' output instead of running sacct",
+        "QOS,NodeList,AllocCPUS,ReqNodes,AllocNodes,CPUTimeRAW,CPUTime,JobIDRaw' output instead of running sacct "
+        "(without JobIDRaw, jobs are keyed by JobID: array tasks as <array>_<task>)",
     )
 
 

@@ -327,7 +327,9 @@ class SlurmSyncEngine:
         self.prices = prices
         self.clock = clock
         self.db = db
-        self.ledger = JobLedger(db, profile.name)
+        # Keyed by the API actually used (the profile's base URL or --api-url): a staging and
+        # a production instance of one target sharing a database keep separate ledgers.
+        self.ledger = JobLedger(db, profile.name, api.base_url)
         self.log_dir = Path(log_dir).expanduser()
         self.token = token
         self.workers = max(1, int(workers))
@@ -341,7 +343,8 @@ class SlurmSyncEngine:
 
     @property
     def cursor_scope(self) -> str:
-        return f"slurmsync:{self.profile.name}"
+        """Where a full sync resumes is kept per target and API, like the ledger rows."""
+        return f"slurmsync:{self.profile.name}@{self.ledger.api_url_hash}"
 
     # -- payloads --------------------------------------------------------------------------
 

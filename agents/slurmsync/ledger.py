@@ -1,4 +1,9 @@
-"""The push ledger: one row per (target, job) in ``slurmsync_job_pushes``.
+"""The push ledger: one row per (target, API, job) in ``slurmsync_job_pushes``.
+
+Rows are keyed by the target (profile name), the API base URL the jobs are pushed to
+(normalised by :func:`normalize_api_url`, keyed by :func:`api_url_hash`) and the job's raw
+Slurm id. Two instances of one target pointed at different APIs (``--api-url`` staging vs
+production) sharing one database therefore never skip each other's pushes.
 
 Each push is bracketed by committed state (DESIGN, principle 2):
 
@@ -21,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +60,32 @@ def _storable(amount: Decimal | None) -> Decimal | None:
     return amount if amount is not None and abs(amount) < _AMOUNT_LIMIT else None
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_api_url(url: str) -> str:
+    """The API base URL as the ledger keys it: scheme and host lower-case, no default port,
+    no user info, query or fragment, and a path ending in exactly one ``/``.
+
+    ``HTTPS://MyBRC.example.org:443/api`` and ``https://mybrc.example.org/api/`` are the same
+    API; ``/api/`` and ``/staging/api/``, or two hosts or ports, are not.
+    """
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    path = "/" + "/".join(segment for segment in parts.path.split("/") if segment)
+    return f"{scheme}://{netloc}{path.rstrip('/')}/"
+
+
+def api_url_hash(url: str) -> str:
+    """16 hex digits of the SHA-256 of the normalised API base URL (the ledger key's API part)."""
+    return hashlib.sha256(normalize_api_url(url).encode()).hexdigest()[:16]
+
+
 def payload_hash(payload: dict) -> str:
     """A stable hash of a job payload (keys sorted, no whitespace)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
@@ -73,11 +105,17 @@ class PreparedJob:
 
 
 class JobLedger:
-    """Ledger rows of one target (a profile name)."""
+    """Ledger rows of one target (a profile name) on one API (its base URL)."""
 
-    def __init__(self, db: Database, target: str):
+    def __init__(self, db: Database, target: str, api_url: str):
         self.db = db
         self.target = target
+        self.api_url = normalize_api_url(api_url)
+        self.api_url_hash = api_url_hash(api_url)
+
+    def _mine(self) -> list:
+        """The WHERE terms selecting this target's rows on this API."""
+        return [_TABLE.c.target == self.target, _TABLE.c.api_url_hash == self.api_url_hash]
 
     def already_pushed(self, jobs: Sequence[PreparedJob]) -> set[str]:
         """Ids of the jobs whose current payload the API has already accepted."""
@@ -87,9 +125,8 @@ class JobLedger:
         with self.db.session() as s:
             for first in range(0, len(ids), _QUERY_CHUNK):
                 rows = s.execute(
-                    select(SlurmJobPush.jobslurmid, SlurmJobPush.pushed_hash).where(
-                        SlurmJobPush.target == self.target,
-                        SlurmJobPush.jobslurmid.in_(ids[first : first + _QUERY_CHUNK]),
+                    select(_TABLE.c.jobslurmid, _TABLE.c.pushed_hash).where(
+                        *self._mine(), _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
                     )
                 )
                 done.update(job_id for job_id, pushed in rows if pushed is not None and pushed == wanted[job_id])
@@ -110,7 +147,8 @@ class JobLedger:
             try:
                 with self.db.session() as s:
                     known = self._known_ids(s, list(values))
-                    new = [{"target": self.target, "jobslurmid": k, **v} for k, v in values.items() if k not in known]
+                    key = {"target": self.target, "api_url_hash": self.api_url_hash, "api_url": self.api_url}
+                    new = [{**key, "jobslurmid": k, **v} for k, v in values.items() if k not in known]
                     if new:
                         s.execute(insert(_TABLE), new)
                     old = [{"b_job": k, **{f"v_{c}": x for c, x in v.items()}} for k, v in values.items() if k in known]
@@ -155,7 +193,7 @@ class JobLedger:
             known.update(
                 s.scalars(
                     select(_TABLE.c.jobslurmid).where(
-                        _TABLE.c.target == self.target, _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
+                        *self._mine(), _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
                     )
                 )
             )
@@ -165,22 +203,22 @@ class JobLedger:
         """UPDATE of ``columns`` (from ``v_<column>`` parameters) for the job ``b_job``."""
         return (
             update(_TABLE)
-            .where(_TABLE.c.target == self.target, _TABLE.c.jobslurmid == bindparam("b_job"))
+            .where(*self._mine(), _TABLE.c.jobslurmid == bindparam("b_job"))
             .values({c: bindparam(f"v_{c}") for c in columns})
         )
 
     def counts(self) -> dict[str, int]:
-        """Rows per state for this target."""
+        """Rows per state for this target on this API."""
         with self.db.session() as s:
-            rows = s.execute(
-                select(SlurmJobPush.state, func.count())
-                .where(SlurmJobPush.target == self.target)
-                .group_by(SlurmJobPush.state)
-            )
+            rows = s.execute(select(_TABLE.c.state, func.count()).where(*self._mine()).group_by(_TABLE.c.state))
             return {state: n for state, n in rows}
 
     def get(self, jobslurmid: str) -> SlurmJobPush | None:
         with self.db.session() as s:
             return s.scalar(
-                select(SlurmJobPush).where(SlurmJobPush.target == self.target, SlurmJobPush.jobslurmid == jobslurmid)
+                select(SlurmJobPush).where(
+                    SlurmJobPush.target == self.target,
+                    SlurmJobPush.api_url_hash == self.api_url_hash,
+                    SlurmJobPush.jobslurmid == jobslurmid,
+                )
             )

@@ -2,8 +2,14 @@
 
 Every command runs through :func:`hpcsync.agents.core.process.run_command` (argv list, a
 timeout, the op's cancel event). sacct is always asked for the seed's fields in the seed's
-shape - ``-naPX --format=JobId,Submit,...`` - so a saved dump of that command
-(:class:`SacctDump`) can stand in for the live cluster (replays, the benchmark).
+shape plus ``JobIDRaw`` at the end - ``-naPX --format=JobId,Submit,...,CPUTime,JobIDRaw`` -
+so a saved dump of that command (:class:`SacctDump`) can stand in for the live cluster
+(replays, the benchmark). Dumps in the seed's own 15-field shape still read.
+
+Jobs are keyed by ``JobIDRaw``: sacct's ``JobID`` prints array tasks as ``6_1`` and het-job
+components as ``123+0``, but the banking plugins (spank, jobcomp) record every job in the
+API under its raw id (``8``, ``123``), so that is the ``jobslurmid`` pushed, kept in the
+ledger and looked up with ``sacct -j``.
 
 Node lists such as ``n0[061-062].savio2`` are expanded by python-hostlist; the original
 scripts' own parser raised on them, dropping every multi-node job.
@@ -26,8 +32,8 @@ from hpcsync.agents.core.process import CommandError, CommandResult, run_command
 
 from .clock import ClusterClock
 
-#: The seed's sacct fields, in the seed's order.
-SACCT_FIELDS: tuple[str, ...] = (
+#: The seed's sacct fields, in the seed's order (the shape of older saved dumps).
+SEED_SACCT_FIELDS: tuple[str, ...] = (
     "JobID",
     "Submit",
     "Start",
@@ -44,7 +50,11 @@ SACCT_FIELDS: tuple[str, ...] = (
     "CPUTimeRAW",
     "CPUTime",
 )
+#: The fields asked of sacct: the seed's, then the raw job id (array tasks and het-job
+#: components have their own; JobID shows ``6_1`` / ``123+0``).
+SACCT_FIELDS: tuple[str, ...] = (*SEED_SACCT_FIELDS, "JobIDRaw")
 SACCT_FORMAT = "--format=" + ",".join(SACCT_FIELDS)
+_RAW_INDEX = SACCT_FIELDS.index("JobIDRaw")
 
 #: States of jobs that have not finished: their End is unknown and their cost not final.
 ACTIVE_STATES = frozenset(
@@ -74,7 +84,12 @@ class SacctFormatError(CommandError):
 
 @dataclass(frozen=True, slots=True)
 class SacctJob:
-    """One job allocation as sacct reports it (times aware, in UTC)."""
+    """One job allocation as sacct reports it (times aware, in UTC).
+
+    ``job_id`` is the raw job id (``JobIDRaw``): the ``jobslurmid`` the banking plugins
+    record and the API knows. ``sacct_id`` is ``JobID`` as sacct prints it (``6_1`` for an
+    array task, ``123+0`` for a het-job component; the same as ``job_id`` otherwise).
+    """
 
     job_id: str
     submit: datetime | None
@@ -90,6 +105,7 @@ class SacctJob:
     req_nodes: int
     alloc_nodes: int
     cpu_time_raw: int
+    sacct_id: str = ""
 
     @property
     def active(self) -> bool:
@@ -119,25 +135,42 @@ def _int_field(values: Sequence[str], index: int) -> int:
     return int(text) if text else 0
 
 
+def split_sacct_line(line: str) -> list[str]:
+    """The fields of one sacct line: the 16 of :data:`SACCT_FIELDS` or the seed's 15.
+
+    ``sacct -p`` (not ``-P``) ends each line with a separator; that empty last field is
+    dropped. Any other count is returned as is (the caller names the error).
+    """
+    values = line.rstrip("\r\n").split("|")
+    if len(values) in (len(SACCT_FIELDS) + 1, len(SEED_SACCT_FIELDS) + 1) and values[-1] == "":
+        values.pop()
+    return values
+
+
+def raw_job_id(values: Sequence[str]) -> str:
+    """``JobIDRaw`` of a split line, or ``JobID`` when the line has no JobIDRaw (a seed-shape dump)."""
+    raw = values[_RAW_INDEX].strip() if len(values) > _RAW_INDEX else ""
+    return raw or values[0].strip()
+
+
 def parse_sacct_line(line: str, clock: ClusterClock, where: str) -> SacctJob | None:
-    """One line of ``sacct -naPX --format=<SACCT_FIELDS>``; ``None`` for job steps.
+    """One line of ``sacct -naPX --format=<SACCT_FIELDS>`` (or the seed's 15 fields); ``None`` for job steps.
 
     Raises :class:`SacctFormatError` naming ``where`` (source and line), the field and
     what was expected.
     """
-    values = line.rstrip("\n").split("|")
-    if len(values) == len(SACCT_FIELDS) + 1 and values[-1] == "":
-        values.pop()  # `sacct -p` ends each line with a separator
-    if len(values) != len(SACCT_FIELDS):
+    values = split_sacct_line(line)
+    if len(values) not in (len(SACCT_FIELDS), len(SEED_SACCT_FIELDS)):
         raise SacctFormatError(
-            f"{where}: expected {len(SACCT_FIELDS)} fields separated by '|' ({','.join(SACCT_FIELDS)}), "
-            f"got {len(values)}: {line[:200]!r}"
+            f"{where}: expected {len(SACCT_FIELDS)} fields separated by '|' ({','.join(SACCT_FIELDS)}) "
+            f"or the seed's first {len(SEED_SACCT_FIELDS)}, got {len(values)}: {line[:200]!r}"
         )
-    job_id = values[0].strip()
-    if not job_id:
+    sacct_id = values[0].strip()
+    if not sacct_id:
         raise SacctFormatError(f"{where}: JobID is empty: {line[:200]!r}")
-    if "." in job_id:
-        return None  # a step (123.batch, 123.0): accounted in its allocation line
+    job_id = raw_job_id(values)
+    if "." in sacct_id or "." in job_id:
+        return None  # a step (123.batch, 6_1.0, 123+0.extern): accounted in its allocation line
     field = "?"
     try:
         field = "Submit"
@@ -178,6 +211,7 @@ def parse_sacct_line(line: str, clock: ClusterClock, where: str) -> SacctJob | N
         req_nodes=req_nodes,
         alloc_nodes=alloc_nodes,
         cpu_time_raw=cpu_time_raw,
+        sacct_id=sacct_id,
     )
 
 
@@ -274,7 +308,11 @@ class Slurm:
         return run_command(argv, timeout=self.timeout, env=self._env(), cancel=self.cancel, check=check)
 
     def jobs_by_id(self, job_ids: Sequence[str]) -> list[SacctJob]:
-        """Current state of the given jobs (allocations only), in chunks of ids."""
+        """Current state of the given jobs (raw ids; allocations only), in chunks of ids.
+
+        ``sacct -j 6`` also lists the other tasks of array 6 (and ``-j 123`` every
+        component of het job 123): callers pick their jobs by :attr:`SacctJob.job_id`.
+        """
         jobs: list[SacctJob] = []
         for first in range(0, len(job_ids), IDS_PER_CALL):
             chunk = list(job_ids[first : first + IDS_PER_CALL])
@@ -321,7 +359,9 @@ class Slurm:
 class SacctDump:
     """A saved ``sacct -naPX --format=<SACCT_FIELDS>`` output, queried like :class:`Slurm`.
 
-    The file is read once and its lines grouped by account (raw text, parsed on demand).
+    The file is read once and its lines grouped by account and indexed by raw job id (raw
+    text, parsed on demand). A dump in the seed's 15-field shape has no JobIDRaw: its jobs
+    are keyed by JobID, so its array tasks keep sacct's ``6_1`` form.
     """
 
     def __init__(self, path: str | Path, clock: ClusterClock):
@@ -344,14 +384,14 @@ class SacctDump:
                 for number, line in enumerate(fh, 1):
                     if not line.strip():
                         continue
-                    fields = line.split("|", 6)
+                    fields = split_sacct_line(line)
                     if len(fields) < 7:
                         raise SacctFormatError(
                             f"sacct dump {self.path} line {number}: expected {len(SACCT_FIELDS)} fields "
                             f"separated by '|': {line[:200]!r}"
                         )
                     by_account[fields[5].strip()].append((number, line))
-                    by_id[fields[0].strip()] = (number, line)
+                    by_id[raw_job_id(fields)] = (number, line)
         except FileNotFoundError:
             raise SacctFormatError(f"sacct dump {self.path} does not exist") from None
         except (PermissionError, IsADirectoryError):

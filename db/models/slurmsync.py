@@ -1,6 +1,10 @@
 """SlurmSync: the ledger of jobs pushed to a ColdFront/myBRC/myLRC API.
 
-One row per (target, job). ``payload_hash`` is the hash of the payload last prepared for
+One row per (target, API, job): ``target`` is the profile name and ``api_url`` the API base
+URL the job was pushed to (normalised; ``api_url_hash``, the first 16 hex digits of its
+SHA-256, is the part of the key). Two instances of one target pointed at different APIs
+(staging and production) sharing a database keep separate rows. ``jobslurmid`` is the raw
+Slurm job id (``JobIDRaw``). ``payload_hash`` is the hash of the payload last prepared for
 the job and ``pushed_hash`` the one the API last accepted: a job is pushed again only when
 they differ. The intent (``state='pushing'``) is committed before the PUT and the outcome
 after it; since the API's PUT is an upsert that adjusts usage by the difference between the
@@ -22,6 +26,8 @@ class SlurmJobPush(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     target: Mapped[str] = mapped_column(String(64))
+    api_url_hash: Mapped[str] = mapped_column(String(16))
+    api_url: Mapped[str] = mapped_column(Text)
     jobslurmid: Mapped[str] = mapped_column(String(150))
     account: Mapped[str | None] = mapped_column(String(150))
     jobstatus: Mapped[str | None] = mapped_column(String(50))
@@ -35,6 +41,6 @@ class SlurmJobPush(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        UniqueConstraint("target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"),
-        Index("ix_slurmsync_job_pushes_target_state", "target", "state"),
+        UniqueConstraint("target", "api_url_hash", "jobslurmid", name="uq_slurmsync_job_pushes_target_api_job"),
+        Index("ix_slurmsync_job_pushes_target_api_state", "target", "api_url_hash", "state"),
     )

@@ -2,8 +2,9 @@
 
 1. Writes a sacct dump of 20,000 finished jobs in the exact shape of
    ``sacct -naPX --format=JobId,Submit,Start,End,UID,Account,State,Partition,QOS,NodeList,
-   AllocCPUS,ReqNodes,AllocNodes,CPUTimeRAW,CPUTime`` (40 projects, 200 users, ranged node
-   lists, every end state, one unpriced partition).
+   AllocCPUS,ReqNodes,AllocNodes,CPUTimeRAW,CPUTime,JobIDRaw`` (40 projects, 200 users,
+   ranged node lists, every end state, one unpriced partition; one job in ten is a task of
+   a 10-task array, printed ``<array>_<task>`` with its own raw id).
 2. Starts the ColdFront emulator as its own process (so client and server do not share a
    GIL) and seeds it with the projects, members and a staff token.
 3. **Baseline**, measured in the same run: what the seed scripts do - parse, then one PUT
@@ -63,7 +64,14 @@ def write_dump(path: Path, jobs: int, projects: list[str], members: dict[str, li
     first = datetime(2025, 7, 1)
     with open(path, "w") as fh:
         for n in range(jobs):
-            project = projects[n % len(projects)]
+            raw_id = 100000 + n
+            group, task = divmod(n, 10)
+            if group % 10 == 9:  # a 10-task array: its id is the raw id of the task left last
+                project = projects[(group * 10) % len(projects)]
+                job_id = f"{100000 + group * 10 + 9}_{task + 1}"
+            else:
+                project = projects[n % len(projects)]
+                job_id = str(raw_id)
             uid = rng.choice(members[project])
             submit = first + timedelta(seconds=rng.randrange(0, 120 * 86400))
             start = submit + timedelta(seconds=rng.randrange(0, 7200))
@@ -76,9 +84,9 @@ def write_dump(path: Path, jobs: int, projects: list[str], members: dict[str, li
             cpus = nodes * rng.choice([1, 4, 8, 20, 32])
             state = rng.choice(STATES).format(uid=uid)
             fields = [
-                str(100000 + n), submit.isoformat(), start.isoformat(), end.isoformat(), str(uid), project, state,
+                job_id, submit.isoformat(), start.isoformat(), end.isoformat(), str(uid), project, state,
                 partition, "savio_normal", hostlist.collect_hostlist(names), str(cpus), str(nodes), str(nodes),
-                str(cpus * elapsed), cpu_time(cpus * elapsed),
+                str(cpus * elapsed), cpu_time(cpus * elapsed), str(raw_id),
             ]  # fmt: skip
             fh.write("|".join(fields) + "\n")
 
@@ -170,6 +178,10 @@ def main() -> int:
             return 1
         if usage(url) != baseline_usage:
             print("usage after the full sync differs from the baseline's", file=sys.stderr)
+            return 1
+        ids = {job["jobslurmid"] for job in requests.get(url + "/_emulator/jobs").json()}
+        if len(ids) != args.jobs or any(not i.isdigit() for i in ids):
+            print("the API's jobs are not the dump's raw job ids (array tasks under JobID?)", file=sys.stderr)
             return 1
         puts = requests.get(url + "/_emulator/requests").json()["total"]
 

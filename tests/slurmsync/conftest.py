@@ -4,6 +4,10 @@ The session's Slurm cluster gets two Slurm accounts (``pc_alpha``, ``fc_beta``),
 users, and five real jobs that end COMPLETED (one on 2 CPUs), FAILED, CANCELLED (after it
 ran) and one left RUNNING. The emulator knows the same projects and users, plus a project
 without a compute allocation and an excluded ``vector_`` project.
+
+A third account, ``ic_gamma``, holds one array job of two tasks (``sbatch --array=1-2``),
+both COMPLETED: sacct shows them as ``<array>_1`` and ``<array>_2``, each with its own raw
+job id. ``seed_world`` leaves ``ic_gamma`` out, so only the tests that seed it see them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
+import requests
 
 from hpcsync.agents.testing.coldfront import ColdFrontEmulator
 from services.slurm import SlurmCluster, ensure_unix_user, start_slurm
@@ -23,6 +28,7 @@ READER_TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
 #: Prices per CPU-hour, large so that jobs of a few seconds cost whole service units.
 PRICES = {"debug": Decimal("1800"), "long": Decimal("3600")}
 ALICE, BOB = "ssync_alice", "ssync_bob"
+ARRAY_ACCOUNT = "ic_gamma"
 
 
 def seed_world(emulator: ColdFrontEmulator, alice_uid: str = "5001", bob_uid: str = "5002") -> None:
@@ -73,6 +79,20 @@ def write_token(path: Path, token: str = STAFF_TOKEN) -> Path:
     return path
 
 
+def post_running(emulator: ColdFrontEmulator, job_id: str, row: dict) -> None:
+    """What the banking plugin posts when a job starts: RUNNING, with an upper-bound cost.
+
+    ``job_id`` is the id the plugin knows: the raw job id (an array task's own id).
+    """
+    body = {
+        "jobslurmid": job_id, "submitdate": row["start"] + "Z", "startdate": row["start"] + "Z",
+        "userid": row["uid"], "accountid": row["account"], "amount": "100.00", "jobstatus": "RUNNING",
+        "partition": row["partition"], "qos": "normal",
+    }  # fmt: skip
+    reply = requests.post(emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
+    assert reply.status_code == 201, reply.text
+
+
 def expected_amount(partition: str, cpus: int, seconds: float) -> Decimal:
     """The reference formula, written out independently of the engine."""
     return (PRICES.get(partition, Decimal(0)) * cpus * Decimal(str(seconds)) / 3600).quantize(
@@ -80,11 +100,37 @@ def expected_amount(partition: str, cpus: int, seconds: float) -> Decimal:
     )
 
 
+def seed_array_world(emulator: ColdFrontEmulator, alice_uid: str) -> None:
+    """Only the array job's project (``ic_gamma``, Alice a member), the users and tokens."""
+    emulator.seed({
+        "users": [{"username": ALICE, "cluster_uid": alice_uid}],
+        "tokens": [{"key": STAFF_TOKEN, "username": "syncbot", "is_staff": True}],
+        "projects": [{"name": ARRAY_ACCOUNT, "resource": "Savio Compute", "service_units": "1000.00",
+                      "start_date": "2020-06-01", "users": [ALICE]}],
+    })  # fmt: skip
+
+
 @dataclass
 class SlurmWorld:
     cluster: SlurmCluster
     uids: dict[str, str]
     jobs: dict[str, str] = field(default_factory=dict)  # name -> job id
+    array_id: str = ""  # the array job's id as sbatch printed it
+
+    def array_tasks(self) -> dict[str, dict]:
+        """The array's tasks as sacct shows them with TZ=UTC, by JobID (``<array>_<task>``)."""
+        out = self.cluster.sacct(
+            "-naPX", "-S", "2020-01-01", "-o", "JobID,JobIDRaw,Partition,AllocCPUS,Start,End,State,Account,UID",
+            "-j", self.array_id,
+        )  # fmt: skip
+        rows = {}
+        for line in out.splitlines():
+            job_id, raw, partition, cpus, start, end, state, account, uid = line.split("|")
+            rows[job_id] = {
+                "raw": raw, "partition": partition, "cpus": int(cpus), "start": start, "end": end,
+                "state": state.split(" ")[0], "account": account, "uid": uid,
+            }  # fmt: skip
+        return rows
 
     def sacct_utc(self) -> dict[str, dict]:
         """The jobs as sacct shows them with TZ=UTC (an independent reading)."""
@@ -114,6 +160,8 @@ def slurm():
         cluster.sacctmgr("add", "user", ALICE, "Account=pc_alpha")
         cluster.sacctmgr("add", "user", ALICE, "Account=fc_beta")
         cluster.sacctmgr("add", "user", BOB, "Account=fc_beta")
+        cluster.sacctmgr("add", "account", ARRAY_ACCOUNT, "Description=gamma", "Organization=test")
+        cluster.sacctmgr("add", "user", ALICE, f"Account={ARRAY_ACCOUNT}")
         jobs = world.jobs
         # Submitted in this order on a 2-CPU node: the 2-CPU job runs alone first.
         jobs["completed_2cpu"] = cluster.sbatch(ALICE, "-A", "pc_alpha", "-c", "2", wrap="sleep 2")
@@ -121,6 +169,7 @@ def slurm():
         jobs["cancelled"] = cluster.sbatch(ALICE, "-A", "pc_alpha", "-p", "long", wrap="sleep 300")
         jobs["running"] = cluster.sbatch(BOB, "-A", "fc_beta", "-p", "long", wrap="sleep 900")
         jobs["completed"] = cluster.sbatch(ALICE, "-A", "fc_beta", wrap="sleep 1")
+        world.array_id = cluster.sbatch(ALICE, "-A", ARRAY_ACCOUNT, "--array=1-2", wrap="sleep 1")
         cluster.wait_for_state(jobs["cancelled"], {"RUNNING"}, timeout=90)
         cluster.scancel(jobs["cancelled"])
         cluster.wait_for_state(jobs["completed_2cpu"], {"COMPLETED"}, timeout=90)
@@ -128,6 +177,8 @@ def slurm():
         cluster.wait_for_state(jobs["cancelled"], {"CANCELLED"}, timeout=90)
         cluster.wait_for_state(jobs["completed"], {"COMPLETED"}, timeout=90)
         cluster.wait_for_state(jobs["running"], {"RUNNING"}, timeout=90)
+        for task in ("1", "2"):
+            cluster.wait_for_state(f"{world.array_id}_{task}", {"COMPLETED"}, timeout=90)
         yield world
     finally:
         cluster.stop()

@@ -12,9 +12,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
-import requests
 
-from .conftest import ALICE, BOB, STAFF_TOKEN, expected_amount, seed_world, write_profile, write_token
+from .conftest import ALICE, BOB, STAFF_TOKEN, expected_amount, post_running, seed_world, write_profile, write_token
 
 pytestmark = pytest.mark.integration
 UTC = timezone.utc
@@ -66,17 +65,6 @@ def expected_usage(rows: dict[str, dict]) -> dict[str, Decimal]:
     for row in rows.values():
         usage[row["account"]] += cost(row)
     return usage
-
-
-def post_running(emulator, job_id: str, row: dict) -> None:
-    """What the banking plugin posts when a job starts: RUNNING, with an upper-bound cost."""
-    body = {
-        "jobslurmid": job_id, "submitdate": row["start"] + "Z", "startdate": row["start"] + "Z",
-        "userid": row["uid"], "accountid": row["account"], "amount": "100.00", "jobstatus": "RUNNING",
-        "partition": row["partition"], "qos": "normal",
-    }  # fmt: skip
-    reply = requests.post(emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
-    assert reply.status_code == 201, reply.text
 
 
 def test_full_sync_dry_run_push_and_rerun(agent, slurm, emulator):

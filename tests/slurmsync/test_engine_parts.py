@@ -11,7 +11,13 @@ from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.slurmsync.clock import ClusterClock, api_time
 from hpcsync.agents.slurmsync.pricing import PriceTable, load_price_file
 from hpcsync.agents.slurmsync.profiles import BUILTIN_PROFILES, load_profile_file, select_profile
-from hpcsync.agents.slurmsync.slurm import SacctFormatError, expand_nodes, parse_sacct_line, parse_sacct_output
+from hpcsync.agents.slurmsync.slurm import (
+    SacctDump,
+    SacctFormatError,
+    expand_nodes,
+    parse_sacct_line,
+    parse_sacct_output,
+)
 
 UTC = timezone.utc
 LA = ClusterClock("America/Los_Angeles")
@@ -79,7 +85,7 @@ def test_states_steps_and_unknown_times():
 @pytest.mark.parametrize(
     ("line", "needle"),
     [
-        ("1|2|3", "expected 15 fields"),
+        ("1|2|3", "expected 16 fields"),
         (LINE.replace("|48|", "|forty|"), "field AllocCPUS 'forty'"),
         (LINE.replace("2024-07-01T10:00:00", "07/01/24 10:00"), "field Start '07/01/24 10:00'"),
         (LINE.replace("n0[061-062]", "n0[061-"), "field NodeList"),
@@ -90,6 +96,31 @@ def test_malformed_lines_name_the_line_and_field(line, needle):
         parse_sacct_output(["", LINE, line], LA, "sacct -A pc_alpha output")
     assert "sacct -A pc_alpha output line 3" in str(info.value)
     assert needle in str(info.value)
+
+
+def with_ids(sacct_id: str, raw: str) -> str:
+    """LINE as sacct prints it with JobIDRaw asked for: JobID first, the raw id last."""
+    return sacct_id + LINE[LINE.index("|") :] + "|" + raw
+
+
+def test_array_tasks_and_het_components_are_keyed_by_their_raw_job_id():
+    # sacct -X prints array task 6_1 (raw id 8) and het-job component 123+1 (raw id 124).
+    task = parse_sacct_line(with_ids("6_1", "8"), LA, "x")
+    assert (task.job_id, task.sacct_id) == ("8", "6_1")
+    lines = [with_ids("123+0", "123"), with_ids("123+1", "124"), with_ids("123+0.batch", "123.batch")]
+    het = parse_sacct_output([*lines, with_ids("6_1.extern", "8.extern"), with_ids("6_2.0", "6.0")], LA, "x")
+    assert [(j.job_id, j.sacct_id) for j in het] == [("123", "123+0"), ("124", "123+1")]  # steps skipped
+    # `sacct -p` ends the line with a separator; a plain job's raw id is its JobID.
+    assert parse_sacct_line(with_ids("1234", "1234") + "|", LA, "x").job_id == "1234"
+
+
+def test_saved_dumps_in_the_seed_15_field_shape_still_read(tmp_path):
+    old = parse_sacct_line(LINE.replace("1234|", "6_1|", 1), LA, "x")  # no JobIDRaw: JobID it is
+    assert (old.job_id, old.sacct_id, old.alloc_cpus) == ("6_1", "6_1", 48)
+    dump = tmp_path / "sacct.txt"
+    dump.write_text(LINE + "\n" + LINE.replace("1234|", "1235|", 1) + "|\n" + with_ids("6_1", "8") + "\n")
+    jobs = SacctDump(dump, LA).jobs_by_id(["1234", "1235", "8", "6_1"])
+    assert [(j.job_id, j.sacct_id) for j in jobs] == [("1234", "1234"), ("1235", "1235"), ("8", "6_1")]
 
 
 def test_price_table_formula_half_up_and_unknown_partition_is_free():

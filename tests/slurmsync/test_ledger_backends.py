@@ -44,7 +44,7 @@ def test_two_runs_pushing_one_job_leave_the_ledger_saying_what_the_api_got_last(
     from hpcsync.agents.slurmsync.ledger import JobLedger, PreparedJob, payload_hash
     from hpcsync.db import open_database
 
-    ledger = JobLedger(open_database(db_url), "testbrc")
+    ledger = JobLedger(open_database(db_url), "testbrc", "http://127.0.0.1:9/api/")
 
     def job(hours: int) -> PreparedJob:
         payload = {"jobslurmid": "7", "amount": f"{hours}.00"}

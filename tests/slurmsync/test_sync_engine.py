@@ -17,6 +17,7 @@ from sqlalchemy import select
 from hpcsync.agents.cli import main as hpcsync_main
 from hpcsync.agents.slurmsync.options import EngineSettings, build_engine
 from hpcsync.agents.slurmsync.slurm import Slurm
+from hpcsync.agents.testing.coldfront import ColdFrontEmulator
 from hpcsync.db import open_database
 from hpcsync.db.models import SlurmJobPush
 
@@ -36,11 +37,13 @@ def sacct_line(
     start: str = "2024-07-01T10:00:00",
     end: str = "2024-07-01T11:00:00",
     nodes: str = "n0001",
+    raw: str | None = None,
 ) -> str:
+    """A line of ``sacct -naPX --format=<SACCT_FIELDS>``: the seed's 15 fields, then JobIDRaw."""
     submit = "2024-07-01T09:00:00"
     return "|".join([
         job_id, submit, start, end, uid, account, state, partition, "normal", nodes,
-        str(cpus), "1", "1", "3600", "01:00:00",
+        str(cpus), "1", "1", "3600", "01:00:00", raw or job_id,
     ])  # fmt: skip
 
 
@@ -313,3 +316,60 @@ def test_cli_running_jobs_from_a_sacct_dump(world, capsys):
     assert "pushed 1 jobs (1800.00 SU)" in capsys.readouterr().out
     assert world.emulator.job("1")["jobstatus"] == "COMPLETING"
     assert world.emulator.usage("pc_alpha") == Decimal("1809.00")  # job 2 keeps its 9.00 estimate
+
+
+def test_two_apis_of_one_target_sharing_a_database_keep_separate_ledgers_and_cursors(world):
+    # Staging and production instances of `testbrc` (same profile, --api-url differs), one database.
+    production = ColdFrontEmulator(period_start_month=6).start()
+    try:
+        seed_world(production, ALICE_UID, BOB_UID)
+        world.write(
+            [sacct_line(str(n), "fc_beta") for n in range(1, 5)] + [sacct_line(str(n), "pc_alpha") for n in range(5, 9)]
+        )
+        staging_url = world.emulator.api_url
+        # Staging stops inside pc_alpha: its ledger has fc_beta's jobs, its cursor says pc_alpha.
+        staged = world.engine(api_url=staging_url).full_sync(push=True, max_jobs=5)
+        assert staged.pushed == 5 and staged.resume_at == "pc_alpha", staged.message()
+
+        prod = world.engine(api_url=production.api_url).full_sync(push=True)
+        assert prod.ok and prod.complete and prod.resumed_from is None, prod.message()
+        assert (prod.pushed, prod.unchanged) == (8, 0)
+        assert production.usage("fc_beta") == production.usage("pc_alpha") == 4 * Decimal("1800.00")
+        assert production.request_count("PUT") == 8
+
+        # Staging still resumes where it stopped and pushes only what it has not; the same
+        # URL spelled differently (here: no trailing slash) is the same API.
+        respelled = staging_url.rstrip("/")
+        assert respelled != staging_url
+        resumed = world.engine(api_url=respelled).full_sync(push=True)
+        assert resumed.resumed_from == "pc_alpha" and (resumed.pushed, resumed.unchanged) == (3, 1), resumed.message()
+        assert world.emulator.usage("pc_alpha") == 4 * Decimal("1800.00")
+        assert world.emulator.request_count("PUT") == 8
+
+        # What an operator sees in the ledger: one row per job and API, each naming its API.
+        db = open_database(world.db_url)
+        with db.session() as s:
+            rows = [(r.api_url, r.jobslurmid, r.state) for r in s.scalars(select(SlurmJobPush))]
+        assert sorted({url for url, _, _ in rows}) == sorted({staging_url, production.api_url})
+        assert len(rows) == 16 and {state for _, _, state in rows} == {"pushed"}
+    finally:
+        production.stop()
+
+
+def test_api_urls_are_normalised_before_keying_the_ledger():
+    from hpcsync.agents.slurmsync.ledger import api_url_hash, normalize_api_url
+
+    same = [
+        "https://mybrc.example.org/api/",
+        "HTTPS://MyBRC.example.org:443/api",
+        "https://user:secret@mybrc.example.org//api//?x=1#f",
+    ]
+    assert {normalize_api_url(url) for url in same} == {"https://mybrc.example.org/api/"}
+    assert len({api_url_hash(url) for url in same}) == 1
+    different = [
+        "http://mybrc.example.org/api/",
+        "https://mybrc.example.org:8443/api/",
+        "https://mybrc-staging.example.org/api/",
+        "https://mybrc.example.org/staging/api/",
+    ]
+    assert len({api_url_hash(url) for url in [same[0], *different]}) == 5

@@ -113,6 +113,8 @@ def upgrade() -> None:
         "slurmsync_job_pushes",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("target", sa.String(length=64), nullable=False),
+        sa.Column("api_url_hash", sa.String(length=16), nullable=False),
+        sa.Column("api_url", sa.Text(), nullable=False),
         sa.Column("jobslurmid", sa.String(length=150), nullable=False),
         sa.Column("account", sa.String(length=150), nullable=True),
         sa.Column("jobstatus", sa.String(length=50), nullable=True),
@@ -125,10 +127,12 @@ def upgrade() -> None:
         sa.Column("http_status", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_slurmsync_job_pushes")),
-        sa.UniqueConstraint("target", "jobslurmid", name="uq_slurmsync_job_pushes_target_job"),
+        sa.UniqueConstraint("target", "api_url_hash", "jobslurmid", name="uq_slurmsync_job_pushes_target_api_job"),
     )
     with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
-        batch_op.create_index("ix_slurmsync_job_pushes_target_state", ["target", "state"], unique=False)
+        batch_op.create_index(
+            "ix_slurmsync_job_pushes_target_api_state", ["target", "api_url_hash", "state"], unique=False
+        )
 
     op.create_table(
         "suprsync_files",
@@ -309,7 +313,7 @@ def downgrade() -> None:
 
     op.drop_table("suprsync_files")
     with op.batch_alter_table("slurmsync_job_pushes", schema=None) as batch_op:
-        batch_op.drop_index("ix_slurmsync_job_pushes_target_state")
+        batch_op.drop_index("ix_slurmsync_job_pushes_target_api_state")
 
     op.drop_table("slurmsync_job_pushes")
     with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
