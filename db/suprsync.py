@@ -8,9 +8,10 @@ SupRsync agent copies them::
     >>> srfm.add_file("/data/smurf/16750/obs/a.g3", "16750/obs/a.g3", "timestreams")
     >>> srfm.add_files([(local, remote), ...], "timestreams")        # one transaction per 2000
 
-Registration only stats the file (size and mtime) and commits one row; the md5 is computed
-by the agent when it copies the file, and computed again whenever size or mtime changed
-since (socs#475). A ``remote_relpath`` that is absolute or climbs out of the remote base
+Registration only stats the file (one ``os.stat``: size, mtime, inode, ctime) and commits one
+row; the md5 is computed by the agent when it copies the file, and computed again whenever
+that signature changed since (socs#475), in particular right before the local file is
+deleted. A ``remote_relpath`` that is absolute or climbs out of the remote base
 directory with ``..`` is refused with :class:`RemotePathError`.
 
 Registering a remote path that is already known is an upsert: the same local file
@@ -36,9 +37,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import BigInteger, Integer, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from .engine import Database, DatabaseError, open_database
@@ -124,8 +125,33 @@ def split_path(path: str) -> list[str]:
     return [p for p in posixpath.normpath(path).split("/") if p not in ("", ".")]
 
 
-def local_signature(local_path: str) -> tuple[int, float]:
-    """``(size, mtime)`` of a regular local file, or SupRsyncError saying what is wrong."""
+class Signature(NamedTuple):
+    """What one ``os.stat`` tells about a local file's content without reading it.
+
+    Size and mtime alone miss a file replaced by different content of the same size and
+    mtime (``cp -p``, ``rsync -t``, ``mv`` of a file written with the same mtime, a tool
+    that resets mtime). The inode changes when the file is replaced and the ctime changes
+    on every write, replacement, rename or chmod, and cannot be set by users: any change
+    of content changes the signature. ``ino`` is folded into a signed 64-bit value (the
+    ledger's BIGINT).
+    """
+
+    size: int
+    mtime: float
+    ino: int
+    ctime_ns: int
+
+
+_INO_WRAP = 1 << 64
+
+
+def _db_ino(ino: int) -> int:
+    """An inode number as a signed 64-bit value (some filesystems use all 64 bits)."""
+    return ino - _INO_WRAP if ino >= 1 << 63 else ino
+
+
+def local_signature(local_path: str) -> Signature:
+    """The :class:`Signature` of a regular local file, or SupRsyncError saying what is wrong."""
     try:
         st = os.stat(local_path)
     except FileNotFoundError:
@@ -134,11 +160,30 @@ def local_signature(local_path: str) -> tuple[int, float]:
         raise SupRsyncError(f"cannot stat local file {local_path!r}: {exc.strerror}") from None
     if not statmod.S_ISREG(st.st_mode):
         raise SupRsyncError(f"local path {local_path!r} is not a regular file")
-    return st.st_size, st.st_mtime_ns / 1e9
+    return Signature(st.st_size, st.st_mtime_ns / 1e9, _db_ino(st.st_ino), st.st_ctime_ns)
 
 
-def same_signature(size: int | None, mtime: float | None, other: tuple[int, float]) -> bool:
-    return size == other[0] and mtime is not None and abs(mtime - other[1]) < _MTIME_TOLERANCE
+def same_signature(
+    size: int | None, mtime: float | None, ino: int | None, ctime_ns: int | None, other: Signature
+) -> bool:
+    """True only if every stored field is known and matches ``other`` (the file now).
+
+    A row missing any field (imported from socs, or written before inode and ctime were
+    recorded) never matches: its md5 is recomputed before it is trusted.
+    """
+    if size is None or mtime is None or ino is None or ctime_ns is None:
+        return False
+    return (
+        size == other.size
+        and abs(mtime - other.mtime) < _MTIME_TOLERANCE
+        and ino == other.ino
+        and ctime_ns == other.ctime_ns
+    )
+
+
+def same_size_and_mtime(size: int | None, mtime: float | None, other: Signature) -> bool:
+    """The comparison of rows that lack inode and ctime (re-registration of older rows)."""
+    return size == other.size and mtime is not None and abs(mtime - other.mtime) < _MTIME_TOLERANCE
 
 
 def md5_file(path: str, cancel: threading.Event | None = None, chunk: int = 1 << 20) -> str:
@@ -194,6 +239,12 @@ class FileTask:
     local_mtime: float | None
     failed_copy_attempts: int
     registered_at: float = 0.0
+    local_ino: int | None = None
+    local_ctime_ns: int | None = None
+
+    def signature_matches(self, sig: Signature) -> bool:
+        """Whether the file's signature now is the one its md5 (if any) was computed from."""
+        return same_signature(self.local_size, self.local_mtime, self.local_ino, self.local_ctime_ns, sig)
 
 
 @dataclass
@@ -212,11 +263,26 @@ class CopyResult:
     local_mtime: float | None = None
     remote_md5sum: str | None = None
     error: str | None = None
+    local_ino: int | None = None
+    local_ctime_ns: int | None = None
+
+    def set_signature(self, sig: Signature | None) -> CopyResult:
+        if sig is not None:
+            self.local_size, self.local_mtime, self.local_ino, self.local_ctime_ns = sig
+        return self
 
 
 @dataclass
 class DeleteResult:
-    """``outcome``: ``removed``, ``gone`` (already deleted), ``changed`` (re-queued) or ``kept``."""
+    """``outcome``: ``removed``, ``gone`` (already deleted), ``changed`` (re-queued), ``kept``
+    (not deletable: never tried again) or ``busy`` (a stop request interrupted its check: it
+    stays ``copied`` and is checked again next time).
+
+    With ``removed``/``kept`` and a signature, the file was hashed again and its md5 still
+    is the verified remote md5: that signature is stored (the file stays verified). With
+    ``changed``, the file is queued to be sent again with this md5 and signature (both
+    None, i.e. hashed again when copied, if the file changed while it was hashed).
+    """
 
     id: int
     outcome: str
@@ -224,6 +290,13 @@ class DeleteResult:
     local_md5sum: str | None = None
     local_size: int | None = None
     local_mtime: float | None = None
+    local_ino: int | None = None
+    local_ctime_ns: int | None = None
+
+    def set_signature(self, sig: Signature | None) -> DeleteResult:
+        if sig is not None:
+            self.local_size, self.local_mtime, self.local_ino, self.local_ctime_ns = sig
+        return self
 
 
 @dataclass
@@ -357,7 +430,7 @@ class SupRsyncFilesManager:
             raise SupRsyncError(f"entry {entry!r} needs a local path and a remote path")
         local = _abs_local(local)
         remote = normalize_remote_path(remote)
-        size, mtime = local_signature(local)
+        sig = local_signature(local)
         if md5 is not None and not re.fullmatch(r"[0-9a-f]{32}", md5):
             raise SupRsyncError(f"local_md5sum {md5!r} of {local!r} is not 32 lowercase hex digits")
         return {
@@ -368,8 +441,10 @@ class SupRsyncFilesManager:
             "timecode": check_timecode(remote),
             "status": "pending",
             "local_md5sum": md5,
-            "local_size": size,
-            "local_mtime": mtime,
+            "local_size": sig.size,
+            "local_mtime": sig.mtime,
+            "local_ino": sig.ino,
+            "local_ctime_ns": sig.ctime_ns,
             "registered_at": time.time() if timestamp is None else float(timestamp),
             "failed_copy_attempts": 0,
             "deletable": bool(deletable),
@@ -382,23 +457,31 @@ class SupRsyncFilesManager:
             existing: dict[str, Any] = {}
             for part in _chunks(list(by_hash), IN_CHUNK):
                 q = select(
-                    t.c.id, t.c.remote_path_hash, t.c.local_path, t.c.local_size, t.c.local_mtime, t.c.status
-                ).where(t.c.archive_name == archive, t.c.remote_path_hash.in_(part))
+                    t.c.id, t.c.remote_path_hash, t.c.local_path, t.c.local_size, t.c.local_mtime, t.c.local_ino,
+                    t.c.local_ctime_ns, t.c.status,
+                ).where(t.c.archive_name == archive, t.c.remote_path_hash.in_(part))  # fmt: skip
                 for row in s.execute(q):
                     existing[row.remote_path_hash] = row
             new = [r for h, r in by_hash.items() if h not in existing]
             requeue = []
             for h, old in existing.items():
                 r = by_hash[h]
-                unchanged = old.local_path == r["local_path"] and same_signature(
-                    old.local_size, old.local_mtime, (r["local_size"], r["local_mtime"])
-                )
+                sig = Signature(r["local_size"], r["local_mtime"], r["local_ino"], r["local_ctime_ns"])
+                if old.local_ino is None or old.local_ctime_ns is None:
+                    # An older row without inode and ctime: it stays as it is when size and
+                    # mtime match; its unknown identity makes the copier and the deleter
+                    # hash the file again before trusting its md5.
+                    same = same_size_and_mtime(old.local_size, old.local_mtime, sig)
+                else:
+                    same = same_signature(old.local_size, old.local_mtime, old.local_ino, old.local_ctime_ns, sig)
+                unchanged = old.local_path == r["local_path"] and same
                 if unchanged:
                     report.unchanged += 1
                     report.ids.append(old.id)
                     continue
                 requeue.append({"b_id": old.id, **{k: r[k] for k in ("local_path", "local_md5sum", "local_size")},
-                                "b_mtime": r["local_mtime"], "b_deletable": r["deletable"]})  # fmt: skip
+                                "b_mtime": r["local_mtime"], "b_ino": r["local_ino"], "b_ctime": r["local_ctime_ns"],
+                                "b_deletable": r["deletable"]})  # fmt: skip
                 report.ids.append(old.id)
             if new:
                 _insert_ignore(s, SupRsyncFile, new)
@@ -420,6 +503,8 @@ class SupRsyncFilesManager:
                         local_md5sum=bindparam("local_md5sum"),
                         local_size=bindparam("local_size"),
                         local_mtime=bindparam("b_mtime"),
+                        local_ino=bindparam("b_ino"),
+                        local_ctime_ns=bindparam("b_ctime"),
                         deletable=bindparam("b_deletable"),
                         status="pending",
                         remote_md5sum=None,
@@ -717,7 +802,7 @@ class SupRsyncFilesManager:
         t = SupRsyncFile.__table__
         q = (
             select(t.c.id, t.c.local_path, t.c.remote_path, t.c.local_md5sum, t.c.local_size, t.c.local_mtime,
-                   t.c.failed_copy_attempts, t.c.registered_at)
+                   t.c.failed_copy_attempts, t.c.registered_at, t.c.local_ino, t.c.local_ctime_ns)
             .where(t.c.archive_name == archive, t.c.status == "pending")
             .order_by(t.c.registered_at, t.c.id)
             .limit(int(limit))
@@ -786,9 +871,11 @@ class SupRsyncFilesManager:
                         status="copied", copied_at=now, last_attempt_at=now, last_error=None,
                         remote_md5sum=bindparam("b_remote"), local_md5sum=bindparam("b_md5"),
                         local_size=bindparam("b_size"), local_mtime=bindparam("b_mtime"),
+                        local_ino=bindparam("b_ino"), local_ctime_ns=bindparam("b_ctime"),
                     ),
                     [{"b_id": r.id, "b_remote": r.remote_md5sum, "b_md5": r.local_md5sum,
-                      "b_size": r.local_size, "b_mtime": r.local_mtime} for r in verified],
+                      "b_size": r.local_size, "b_mtime": r.local_mtime, "b_ino": r.local_ino,
+                      "b_ctime": r.local_ctime_ns} for r in verified],
                 )  # fmt: skip
             if failed:
                 attempts = t.c.failed_copy_attempts + 1
@@ -804,10 +891,13 @@ class SupRsyncFilesManager:
                         local_md5sum=func.coalesce(bindparam("b_md5"), t.c.local_md5sum),
                         local_size=func.coalesce(bindparam("b_size", type_=Integer), t.c.local_size),
                         local_mtime=func.coalesce(bindparam("b_mtime", type_=t.c.local_mtime.type), t.c.local_mtime),
+                        local_ino=func.coalesce(bindparam("b_ino", type_=BigInteger), t.c.local_ino),
+                        local_ctime_ns=func.coalesce(bindparam("b_ctime", type_=BigInteger), t.c.local_ctime_ns),
                     ),
                     [{"b_id": r.id, "b_final": "missing" if r.outcome == "missing" else "failed",
                       "b_error": (r.error or "copy failed")[:2000], "b_remote": r.remote_md5sum,
-                      "b_md5": r.local_md5sum, "b_size": r.local_size, "b_mtime": r.local_mtime} for r in failed],
+                      "b_md5": r.local_md5sum, "b_size": r.local_size, "b_mtime": r.local_mtime,
+                      "b_ino": r.local_ino, "b_ctime": r.local_ctime_ns} for r in failed],
                 )  # fmt: skip
             if changed:
                 s.execute(
@@ -817,20 +907,23 @@ class SupRsyncFilesManager:
                     [{"b_id": r.id, "b_error": r.error or "changed while being copied"} for r in changed],
                 )
 
-    def next_deletions(self, archive: str, delete_after: float, limit: int, now: float | None = None) -> list[FileTask]:
-        """Verified, deletable files whose verified copy is older than ``delete_after``."""
+    def next_deletions(
+        self, archive: str, delete_after: float, limit: int, now: float | None = None
+    ) -> list[tuple[FileTask, str | None]]:
+        """``(task, remote_md5sum)`` of verified, deletable files whose verified copy is
+        older than ``delete_after``."""
         t = SupRsyncFile.__table__
         cutoff = (time.time() if now is None else now) - float(delete_after)
         q = (
             select(t.c.id, t.c.local_path, t.c.remote_path, t.c.local_md5sum, t.c.local_size, t.c.local_mtime,
-                   t.c.failed_copy_attempts, t.c.remote_md5sum)
+                   t.c.failed_copy_attempts, t.c.registered_at, t.c.local_ino, t.c.local_ctime_ns, t.c.remote_md5sum)
             .where(t.c.archive_name == archive, t.c.status == "copied", t.c.deletable.is_(True),
                    t.c.copied_at <= cutoff)
             .order_by(t.c.copied_at)
             .limit(int(limit))
         )  # fmt: skip
         with self.session() as s:
-            return [(FileTask(*row[:7]), row[7]) for row in s.execute(q)]
+            return [(FileTask(*row[:10]), row[10]) for row in s.execute(q)]
 
     def record_deletions(self, results: Sequence[DeleteResult], now: float | None = None) -> None:
         t = SupRsyncFile.__table__
@@ -838,7 +931,21 @@ class SupRsyncFilesManager:
         removed = [r for r in results if r.outcome in ("removed", "gone")]
         changed = [r for r in results if r.outcome == "changed"]
         kept = [r for r in results if r.outcome == "kept"]
+        # Hashed again and still the verified content: the new signature is the one to trust.
+        resigned = [r for r in results if r.outcome in ("removed", "kept") and r.local_ctime_ns is not None]
+        unknown = {r.outcome for r in results} - {"removed", "gone", "changed", "kept", "busy"}
+        if unknown:
+            raise ValueError(f"unknown delete outcomes {sorted(unknown)}")
         with self.session() as s:
+            if resigned:
+                s.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"), t.c.status == "copied")
+                    .values(local_size=bindparam("b_size"), local_mtime=bindparam("b_mtime"),
+                            local_ino=bindparam("b_ino"), local_ctime_ns=bindparam("b_ctime")),
+                    [{"b_id": r.id, "b_size": r.local_size, "b_mtime": r.local_mtime, "b_ino": r.local_ino,
+                      "b_ctime": r.local_ctime_ns} for r in resigned],
+                )  # fmt: skip
             if removed:
                 s.execute(
                     update(t)
@@ -853,10 +960,11 @@ class SupRsyncFilesManager:
                     .values(
                         status="pending", copied_at=None, remote_md5sum=None, failed_copy_attempts=0,
                         local_md5sum=bindparam("b_md5"), local_size=bindparam("b_size"),
-                        local_mtime=bindparam("b_mtime"), last_error=bindparam("b_error"),
+                        local_mtime=bindparam("b_mtime"), local_ino=bindparam("b_ino"),
+                        local_ctime_ns=bindparam("b_ctime"), last_error=bindparam("b_error"),
                     ),
                     [{"b_id": r.id, "b_md5": r.local_md5sum, "b_size": r.local_size, "b_mtime": r.local_mtime,
-                      "b_error": r.error} for r in changed],
+                      "b_ino": r.local_ino, "b_ctime": r.local_ctime_ns, "b_error": r.error} for r in changed],
                 )  # fmt: skip
             if kept:
                 # Not deletable by us (permissions): stop trying, keep the reason for operators.
@@ -1090,10 +1198,11 @@ def import_socs_database(
             else:
                 status = "pending"
             # socs hashed the file once, at registration, and never again (socs#475): its
-            # size and mtime then are unknown, so none are recorded. The copier and the
-            # deleter hash a file whose signature does not match before trusting its md5.
+            # signature then (size, mtime, inode, ctime) is unknown, so none is recorded. The
+            # copier and the deleter hash a file without a matching signature before
+            # trusting its md5.
             size = mtime = None
-            rows.append({
+            rows.append({"local_ino": None, "local_ctime_ns": None,
                 "archive_name": arch, "local_path": local, "remote_path": remote,
                 "remote_path_hash": path_hash(remote), "timecode": check_timecode(remote), "status": status,
                 "local_md5sum": lmd5 if status != "pending" else None, "local_size": size, "local_mtime": mtime,
@@ -1164,13 +1273,16 @@ __all__ = [
     "FileTask",
     "ImportReport",
     "RemotePathError",
+    "Signature",
     "SupRsyncError",
     "SupRsyncFile",
     "SupRsyncFilesManager",
     "TimecodeDir",
     "check_timecode",
     "import_socs_database",
+    "local_signature",
     "md5_file",
     "normalize_remote_path",
+    "same_signature",
     "split_path",
 ]

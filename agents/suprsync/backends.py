@@ -11,7 +11,11 @@ drives any backend. Two backends ship:
 Both send a whole batch with **one** rsync: a temporary tree of symlinks laid out as the
 remote paths, passed NUL-separated with ``--files-from=- --from0`` (no argv limit, any file
 name), ``--copy-links`` to send the targets, ``--protect-args`` so the remote shell never
-sees a name. They verify with **one** ``md5sum`` run through ``xargs -0`` fed on stdin from
+sees a name, and ``--ignore-times``: a file sent again (changed after its copy, or retried
+after a bad copy) can have the size and mtime of the copy already there, and rsync's quick
+check would skip it; the destination would keep the old content forever. (A file that is
+not there yet costs nothing extra; one that is is checked by rsync's delta transfer.) They
+verify with **one** ``md5sum`` run through ``xargs -0`` fed on stdin from
 inside the base directory, so a batch of any size never overflows a command line (socs ran
 ``md5sum <every path>`` as one argv, which fails at ~5,000 files), and parse its output
 including md5sum's escaping of names with backslashes or newlines.
@@ -213,8 +217,8 @@ class RsyncBackend(Backend):
             chmod=self.chmod,
             timeout=RSYNC_IO_TIMEOUT,
             rsync_program=self.rsync_program,
-            extra=[*(["--rsh", rsh] if rsh else []), "--copy-links", "--times", "--omit-dir-times",
-                   "--files-from=-", "--from0"],
+            extra=[*(["--rsh", rsh] if rsh else []), "--copy-links", "--times", "--ignore-times",
+                   "--omit-dir-times", "--files-from=-", "--from0"],
         )  # fmt: skip
 
     def put(self, items, *, timeout, cancel=None) -> PutOutcome:

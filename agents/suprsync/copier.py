@@ -5,7 +5,8 @@ For each batch:
 1. the oldest ``files_per_batch`` pending files are read (an index seek) and the intent is
    committed (``last_attempt_at``);
 2. each local file is stat'ed; a vanished file is one failed attempt (counted once); the md5
-   is computed now if the file has none yet or changed since it was hashed (socs#475);
+   is computed now if the file has none yet or its signature (size, mtime, inode, ctime)
+   changed since it was hashed or registered (socs#475);
 3. one rsync sends the batch, one md5sum checks it on the destination;
 4. the outcome is committed in its own transaction: matching md5 -> ``copied``; anything
    else -> one more failed attempt, ``failed`` at the limit. A failed rsync still counts the
@@ -28,11 +29,11 @@ from typing import Any
 from hpcsync.agents.core.process import CommandCancelled
 from hpcsync.db.suprsync import (
     CopyResult,
+    Signature,
     SupRsyncError,
     SupRsyncFilesManager,
     local_signature,
     md5_file,
-    same_signature,
 )
 
 from .backends import Backend, Item, PutOutcome, RemoteUnreachable
@@ -313,7 +314,7 @@ class Copier:
         except SupRsyncError as exc:
             return CopyResult(task.id, "missing", error=str(exc))
         md5 = task.local_md5sum
-        if md5 is None or not same_signature(task.local_size, task.local_mtime, sig):
+        if md5 is None or not task.signature_matches(sig):
             try:
                 md5 = md5_file(task.local_path, self.cancel)
                 after = local_signature(task.local_path)
@@ -336,8 +337,7 @@ class Copier:
             log.warning("rsync to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
         # Files that could not even be staged were not sent: nothing to ask the destination.
         results = [
-            CopyResult(task.id, "failed", error=put.skipped[task.remote_path], local_md5sum=md5,
-                       local_size=sig[0], local_mtime=sig[1])
+            CopyResult(task.id, "failed", error=put.skipped[task.remote_path], local_md5sum=md5).set_signature(sig)
             for task, md5, sig in sendable if task.remote_path in put.skipped
         ]  # fmt: skip
         sendable = [x for x in sendable if x[0].remote_path not in put.skipped]
@@ -348,7 +348,8 @@ class Copier:
                                       cancel=self.cancel)  # fmt: skip
         for task, md5, sig in sendable:
             got = remote.get(task.remote_path)
-            common = {"local_md5sum": md5, "local_size": sig[0], "local_mtime": sig[1], "remote_md5sum": got}
+            common = {"local_md5sum": md5, "local_size": sig.size, "local_mtime": sig.mtime, "remote_md5sum": got,
+                      "local_ino": sig.ino, "local_ctime_ns": sig.ctime_ns}  # fmt: skip
             if got == md5:
                 try:
                     now_sig = local_signature(task.local_path)
@@ -378,8 +379,8 @@ class Copier:
         return results
 
 
-def _changed_since(local_path: str, sig: tuple[int, float]) -> bool:
-    """True if the local file's size or mtime is no longer ``sig`` (False if it is gone)."""
+def _changed_since(local_path: str, sig: Signature) -> bool:
+    """True if the local file's signature is no longer ``sig`` (False if it is gone)."""
     try:
         return local_signature(local_path) != sig
     except SupRsyncError:

@@ -2,9 +2,13 @@
 
 Only rows in status ``copied`` qualify, i.e. whose remote md5 matched and was committed; the
 delay counts from that verification (``copied_at``), not from registration as in socs.
-Right before removing a file its size and mtime are compared with the ones its md5 was
-computed from; if they differ the file is hashed again and, if its content changed, it is
-queued to be sent again instead of deleted (socs#475).
+Right before removing a file its signature (size, mtime, inode, ctime) is compared with the
+one its md5 was computed from. If they differ, or the row has no full signature (imported
+from socs, or older), the file is hashed again: a different md5 than the verified remote
+one queues it to be sent again instead of deleted (socs#475, and a file replaced by
+different content of the same size and mtime); the same md5 (a chmod, a copy with identical
+content) keeps it verified under its new signature, and it is deleted. A file that changes
+while it is hashed is not deleted either: it is queued to be sent again.
 
 A file that cannot be removed (permissions) is marked not deletable with the reason, so it
 is not retried every loop; a file already gone is recorded as removed.
@@ -24,7 +28,6 @@ from hpcsync.db.suprsync import (
     SupRsyncFilesManager,
     local_signature,
     md5_file,
-    same_signature,
 )
 
 log = logging.getLogger("hpcsync.suprsync")
@@ -38,6 +41,9 @@ class DeleteReport:
     gone: int = 0
     requeued: int = 0
     kept: int = 0
+    busy: int = 0
+    #: files hashed again before deletion (their signature had changed or was unknown)
+    rehashed: int = 0
     more: bool = False
 
 
@@ -58,42 +64,61 @@ def delete_files(
     for task, remote_md5 in candidates:
         if cancel is not None and cancel.is_set():
             break
-        results.append(_delete_one(task, remote_md5, cancel))
+        result, rehashed = _delete_one(task, remote_md5, cancel)
+        results.append(result)
+        report.rehashed += rehashed
     manager.record_deletions(results)
-    field_of = {"removed": "removed", "gone": "gone", "changed": "requeued", "kept": "kept"}
+    field_of = {"removed": "removed", "gone": "gone", "changed": "requeued", "kept": "kept", "busy": "busy"}
     for r in results:
         name = field_of[r.outcome]
         setattr(report, name, getattr(report, name) + 1)
     if results:
         log.info(
-            "deleted %d local files (%d already gone, %d changed and queued again, %d not deletable)",
-            report.removed, report.gone, report.requeued, report.kept,
+            "deleted %d local files (%d already gone, %d changed and queued again, %d not deletable, "
+            "%d left for the next loop; %d hashed again first)",
+            report.removed, report.gone, report.requeued, report.kept, report.busy, report.rehashed,
         )  # fmt: skip
     return report
 
 
-def _delete_one(task, remote_md5: str | None, cancel) -> DeleteResult:
+def _delete_one(task, remote_md5: str | None, cancel) -> tuple[DeleteResult, bool]:
+    """The outcome for one due file, and whether it was hashed again first."""
     path = task.local_path
     try:
         sig = local_signature(path)
     except SupRsyncError:
-        return DeleteResult(task.id, "gone", error="local file was already gone when it was due for deletion")
-    if not same_signature(task.local_size, task.local_mtime, sig):
+        return DeleteResult(task.id, "gone", error="local file was already gone when it was due for deletion"), False
+    fresh = None  # the signature a new md5 equal to the remote one was computed from
+    if not task.signature_matches(sig):
         try:
             md5 = md5_file(path, cancel)
-        except (OSError, InterruptedError) as exc:
-            return DeleteResult(task.id, "kept", error=f"changed after it was copied and cannot be read: {exc}")
+            after = local_signature(path)
+        except InterruptedError:
+            return DeleteResult(task.id, "busy", error="stopped while hashing it before deletion"), True
+        except (FileNotFoundError, SupRsyncError):
+            return DeleteResult(task.id, "gone", error="local file was gone when it was due for deletion"), True
+        except OSError as exc:
+            return DeleteResult(task.id, "kept", error=f"changed after it was copied and cannot be read: {exc}"), True
+        if after != sig:
+            # Written to (or replaced) while it was hashed: not the content that was verified,
+            # and neither this md5 nor this signature can be trusted. Sent again (the copier
+            # hashes it again; a file still being written costs no attempt there).
+            log.warning("%s changed while it was checked before deletion: sending it again", path)
+            return DeleteResult(
+                task.id, "changed", error="local file changed while it was checked before deletion: sent again"
+            ), True
         if md5 != remote_md5:
             log.warning("%s changed after it was copied: sending it again instead of deleting it", path)
             return DeleteResult(
-                task.id, "changed", error="local file changed after it was copied: sent again",
-                local_md5sum=md5, local_size=sig[0], local_mtime=sig[1],
-            )  # fmt: skip
+                task.id, "changed", error="local file changed after it was copied: sent again", local_md5sum=md5
+            ).set_signature(sig), True
+        fresh = sig  # same content (a chmod, an identical copy): still verified
     try:
         os.remove(path)
     except FileNotFoundError:
-        return DeleteResult(task.id, "gone", error="local file was already gone when it was due for deletion")
+        return DeleteResult(task.id, "gone", error="local file was already gone when it was due for deletion"), False
     except OSError as exc:
         log.error("cannot delete %s: %s; it will not be tried again", path, exc.strerror or exc)
-        return DeleteResult(task.id, "kept", error=f"cannot delete the local file: {exc.strerror or exc}")
-    return DeleteResult(task.id, "removed")
+        result = DeleteResult(task.id, "kept", error=f"cannot delete the local file: {exc.strerror or exc}")
+        return result.set_signature(fresh), fresh is not None
+    return DeleteResult(task.id, "removed").set_signature(fresh), fresh is not None

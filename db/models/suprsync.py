@@ -11,10 +11,18 @@ queries select by ``(archive_name, status, ...)`` and never scan finished rows:
   passed, and the most recently copied file;
 - ``(archive_name, timecode, status)``: whether a timecode directory is fully synced.
 
-``local_size``/``local_mtime`` are the local file's size and mtime when ``local_md5sum``
-was computed (or, before that, when it was registered): a file that no longer matches them
-changed after registration and is hashed and sent again (socs#475). ``copied_at`` is the
-time the remote md5 was verified: the delete-after delay counts from it.
+``local_size``/``local_mtime``/``local_ino``/``local_ctime_ns`` are the local file's
+*signature* (size, mtime, inode number, change time in ns) when ``local_md5sum`` was
+computed (or, before that, when it was registered). A file that no longer matches them
+changed after registration and is hashed again (socs#475); right before deletion, a changed
+signature means the file is hashed again and, if its md5 is not the verified remote md5,
+sent again instead of deleted. Size and mtime alone are not enough: ``cp -p``, ``rsync -t``
+or ``mv`` can put different content of the same size under the same mtime, but not under
+the same inode and ctime (users cannot set ctime). A row with any of the four unknown
+(imported from socs, written before these columns existed) counts as changed: hashed again
+before it is trusted. ``local_ino`` is stored as a signed 64-bit value (inode numbers of
+2**63 and above wrap to negative). ``copied_at`` is the time the remote md5 was verified:
+the delete-after delay counts from it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class SupRsyncFile(Base):
     local_md5sum: Mapped[str | None] = mapped_column(String(32))
     local_size: Mapped[int | None] = mapped_column(BigInteger)
     local_mtime: Mapped[float | None] = mapped_column(Double)
+    local_ino: Mapped[int | None] = mapped_column(BigInteger)
+    local_ctime_ns: Mapped[int | None] = mapped_column(BigInteger)
     registered_at: Mapped[float] = mapped_column(Double)
     remote_md5sum: Mapped[str | None] = mapped_column(String(32))
     copied_at: Mapped[float | None] = mapped_column(Double)

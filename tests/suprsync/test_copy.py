@@ -194,6 +194,92 @@ def test_a_file_changed_after_registration_is_hashed_and_sent_again(ledger, src,
     assert delete_files(ledger, ARCHIVE, 0).removed == 1 and not f.exists()
 
 
+def _ctime_advances(path: Path, before_ns: int, mtime_ns: int) -> None:
+    """Set ``path``'s mtime to ``mtime_ns`` until its ctime is past ``before_ns``.
+
+    ctime ticks with the kernel's coarse clock: a change within the same tick as the last
+    one would keep it. The test needs the ctime a real later change would have."""
+    while True:
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        if path.stat().st_ctime_ns != before_ns:
+            return
+
+
+@pytest.mark.parametrize("how", ["rewritten in place", "replaced by mv"])
+def test_a_file_replaced_with_the_same_size_and_mtime_after_its_copy_is_sent_again_not_deleted(
+    ledger, src, dst, tmp_path, how
+):
+    """The signature used to be (size, mtime): different content of the same size put in
+    place with the old mtime (``cp -p``, ``rsync -t``, ``mv``) was deleted unsent. Inode
+    and ctime are part of it now; rsync's size-and-mtime quick check no longer skips the
+    re-send either."""
+    f = write(src / "obs.g3", "content A, verified")
+    ledger.add_file(str(f), "obs.g3", ARCHIVE)
+    backend = FaultyBackend(dst)
+    engine = make_engine(ledger, backend, tmp_path)
+    engine.iterate()
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "copied" and (dst / "obs.g3").read_text() == "content A, verified"
+    before = f.stat()
+    assert (row.local_ino, row.local_ctime_ns) == (before.st_ino, before.st_ctime_ns)
+
+    if how == "rewritten in place":
+        f.write_text("content B, not sent")
+        target = f
+    else:
+        target = write(src / "incoming.tmp", "content B, not sent")
+    _ctime_advances(target, before.st_ctime_ns, before.st_mtime_ns)
+    if target != f:
+        os.replace(target, f)
+    after = f.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+    result = delete_files(ledger, ARCHIVE, 0)
+    assert result.removed == 0 and result.requeued == 1 and result.rehashed == 1
+    assert f.read_text() == "content B, not sent"
+    puts = backend.puts
+    engine.iterate()
+    assert backend.puts == puts + 1  # sent again
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "copied" and row.failed_copy_attempts == 0
+    assert (dst / "obs.g3").read_text() == "content B, not sent" and row.remote_md5sum == md5(f)
+    assert delete_files(ledger, ARCHIVE, 0).removed == 1 and not f.exists()
+
+
+def test_a_chmod_after_the_copy_is_hashed_again_and_still_deleted_without_a_re_send(
+    ledger, src, dst, tmp_path, monkeypatch
+):
+    """A chmod changes only the ctime: the file is hashed again before deletion, its md5 is
+    still the verified one, so it stays copied under its new signature and is deleted
+    after the delay, not sent again."""
+    import hpcsync.agents.suprsync.deleter as deleter
+
+    f = write(src / "obs.g3", "same content")
+    ledger.add_file(str(f), "obs.g3", ARCHIVE)
+    backend = FaultyBackend(dst)
+    engine = make_engine(ledger, backend, tmp_path, delete_after=3600)
+    engine.iterate()
+    before = f.stat()
+    f.chmod(0o600)
+    while f.stat().st_ctime_ns == before.st_ctime_ns:  # ctime ticks with a coarse clock
+        f.chmod(0o640 if f.stat().st_mode & 0o040 == 0 else 0o600)
+    chmodded = f.stat()
+    hashed = []
+    real_md5 = deleter.md5_file
+    monkeypatch.setattr(deleter, "md5_file", lambda path, *a: hashed.append(path) or real_md5(path, *a))
+
+    puts = backend.puts
+    engine.iterate()  # the delay has not passed: nothing checked, nothing sent
+    assert f.exists() and not hashed and backend.puts == puts
+    result = delete_files(ledger, ARCHIVE, 3600, now=time.time() + 3601)
+    assert (result.removed, result.requeued, result.rehashed) == (1, 0, 1) and hashed == [str(f)]
+    assert not f.exists() and (dst / "obs.g3").read_text() == "same content"
+    engine.iterate()
+    assert backend.puts == puts  # never sent again
+    (row,) = ledger.get_known_files(ARCHIVE)
+    assert row.status == "removed" and (row.local_ino, row.local_ctime_ns) == (chmodded.st_ino, chmodded.st_ctime_ns)
+
+
 def test_undeletable_files_are_not_retried_every_loop(ledger, src, dst, tmp_path, monkeypatch):
     f = write(src / "locked", "x")
     ledger.add_file(str(f), "locked", ARCHIVE)

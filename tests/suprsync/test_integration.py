@@ -88,7 +88,11 @@ def test_files_from_another_process_are_copied_verified_deleted_and_finalized(hu
     manager = SupRsyncFilesManager(db)
     try:
         # copied, verified by md5, and deleted locally two seconds after verification
-        wait_for(lambda: statuses(manager)["removed"] >= len(expected), 60, "every file removed locally")
+        # (by path: the finalization file is removed too and must not stand in for a data file)
+        def removed_paths():
+            return {r.remote_path for r in manager.get_known_files(ARCHIVE) if r.status == "removed"}
+
+        wait_for(lambda: set(expected) <= removed_paths(), 60, "every file removed locally")
         assert not any(data.rglob("*.dat")) and not late.exists()
         remote_files = files_under(remote)
         for rel, digest in expected.items():

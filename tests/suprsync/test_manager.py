@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend
 from hpcsync.agents.suprsync.deleter import delete_files
@@ -77,6 +77,23 @@ def test_bulk_registration_is_cheap_and_reregistration_is_an_upsert(ledger, src)
     assert report.requeued == 1
     row = ledger.get_known_files(ARCHIVE, limit=1)[0]
     assert row.status == "pending" and row.local_size == len("rewritten, longer") and row.remote_md5sum is None
+
+
+def test_registering_again_a_file_replaced_with_the_same_size_and_mtime_sends_it_again(ledger, src, dst, tmp_path):
+    """Re-registration compared size and mtime only: a file replaced with other content of
+    the same size and mtime was "unchanged", stayed copied and was later deleted unsent."""
+    f = write(src / "a.g3", "content A")
+    ledger.add_file(str(f), "16000/a.g3", ARCHIVE)
+    make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+    st = f.stat()
+    replacement = write(src / "a.g3.tmp", "content B")
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, f)
+    report = ledger.add_file(str(f), "16000/a.g3", ARCHIVE)
+    assert report.status == "pending" and report.local_ino == f.stat().st_ino
+    assert ledger.add_files([(str(f), "16000/a.g3")], ARCHIVE).unchanged == 1  # now it is the same
+    make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+    assert (dst / "16000/a.g3").read_text() == "content B"
 
 
 def test_archive_stats_and_finalized_until(ledger, src):
@@ -360,3 +377,53 @@ def test_imported_socs_rows_are_rehashed_before_delete_or_copy(tmp_path, ledger,
     assert engine.iterate().ok
     assert status_of(ledger)["copied"] == 2 and status_of(ledger)["failed"] == 0
     assert md5(dst / "16000/grown.g3") == md5(grown) and md5(dst / "16000/retried.g3") == md5(retried)
+
+
+def test_rows_without_inode_and_ctime_are_hashed_again_before_delete(tmp_path, ledger, src, dst, monkeypatch):
+    """A socs-imported row has no signature and an older row no inode or ctime: neither is
+    trusted at deletion. The imported file whose content is the verified one is hashed,
+    keeps its copy and is deleted; the older row's file, replaced with different content
+    of the same size and mtime, used to be deleted on its matching size and mtime."""
+    import hpcsync.agents.suprsync.deleter as deleter
+    from hpcsync.db.models import SupRsyncFile
+
+    same = write(src / "same.g3", "content socs verified")
+    socs = tmp_path / "socs.db"
+    conn = sqlite3.connect(socs)
+    conn.execute(
+        "CREATE TABLE supersync_v0 (id INTEGER PRIMARY KEY, local_path VARCHAR NOT NULL, local_md5sum VARCHAR "
+        "NOT NULL, archive_name VARCHAR NOT NULL, remote_path VARCHAR NOT NULL, timestamp FLOAT NOT NULL, "
+        "remote_md5sum VARCHAR, copied FLOAT, removed FLOAT, failed_copy_attempts INTEGER, deletable BOOLEAN, "
+        "ignore BOOLEAN)"
+    )
+    conn.execute(
+        "INSERT INTO supersync_v0 VALUES (1, ?, ?, ?, '16000/same.g3', 1.0, ?, 2.0, NULL, 0, 1, 0)",
+        (str(same), md5(same), ARCHIVE, md5(same)),
+    )
+    conn.commit()
+    conn.close()
+    assert import_socs_database(socs, ledger).by_status == {"copied": 1}
+    (imported,) = ledger.get_known_files(ARCHIVE)
+    assert imported.local_ino is None and imported.local_ctime_ns is None
+
+    older = write(src / "older.g3", "content A, verified")
+    ledger.add_file(str(older), "16000/older.g3", ARCHIVE)
+    make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+    with ledger.session() as s:  # as written before inode and ctime were recorded
+        row = s.scalar(select(SupRsyncFile).where(SupRsyncFile.remote_path == "16000/older.g3"))
+        assert row.status == "copied" and row.local_ino is not None
+        row.local_ino = row.local_ctime_ns = None
+    st = older.stat()
+    older.write_text("content B, not sent")
+    os.utime(older, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    hashed = []
+    real_md5 = deleter.md5_file
+    monkeypatch.setattr(deleter, "md5_file", lambda path, *a: hashed.append(path) or real_md5(path, *a))
+    result = delete_files(ledger, ARCHIVE, 0)
+    assert sorted(hashed) == sorted([str(same), str(older)]) and result.rehashed == 2
+    assert (result.removed, result.requeued) == (1, 1)
+    assert not same.exists() and older.read_text() == "content B, not sent"
+    rows = {r.remote_path: r for r in ledger.get_known_files(ARCHIVE)}
+    assert rows["16000/same.g3"].status == "removed"
+    assert rows["16000/older.g3"].status == "pending" and rows["16000/older.g3"].local_ino == older.stat().st_ino

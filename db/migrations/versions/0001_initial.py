@@ -146,6 +146,8 @@ def upgrade() -> None:
         sa.Column("local_md5sum", sa.String(length=32), nullable=True),
         sa.Column("local_size", sa.BigInteger(), nullable=True),
         sa.Column("local_mtime", sa.Double(), nullable=True),
+        sa.Column("local_ino", sa.BigInteger(), nullable=True),
+        sa.Column("local_ctime_ns", sa.BigInteger(), nullable=True),
         sa.Column("registered_at", sa.Double(), nullable=False),
         sa.Column("remote_md5sum", sa.String(length=32), nullable=True),
         sa.Column("copied_at", sa.Double(), nullable=True),
