@@ -41,7 +41,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=packages,
     package_dir={"hpcsync.agents": "agents", "hpcsync.db": "db"},
     package_data={"hpcsync.db": ["migrations/*.py", "migrations/versions/*.py"]},

@@ -12,6 +12,8 @@ import logging
 import os
 import stat
 
+from .files import read_operator_text
+
 log = logging.getLogger(__name__)
 
 
@@ -59,20 +61,9 @@ def load_secret(reference: str, *, what: str = "secret", strip: bool = True) -> 
             raise SecretError(f"{what}: environment variable {name} is not set")
         source = f"environment variable {name}"
     else:
-        path = reference[5:] if reference.startswith("file:") else reference
-        path = os.path.expanduser(path)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read()
-            mode = os.stat(path).st_mode
-        except FileNotFoundError:
-            raise SecretError(f"{what}: file {path} does not exist") from None
-        except PermissionError:
-            raise SecretError(f"{what}: file {path} is not readable by this user") from None
-        except UnicodeDecodeError:
-            raise SecretError(f"{what}: file {path} is not UTF-8 text") from None
-        except IsADirectoryError:
-            raise SecretError(f"{what}: {path} is a directory, not a file") from None
+        path = os.path.expanduser(reference[5:] if reference.startswith("file:") else reference)
+        value = read_operator_text(path, f"{what}: file", SecretError)
+        mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("%s file %s is readable by group or others; chmod 600 it", what, path)
         source = f"file {path}"

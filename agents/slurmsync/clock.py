@@ -17,12 +17,10 @@ read as the first instant (``fold=0``).
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from hpcsync.agents.core.errors import ConfigError
-
-UTC = timezone.utc
 
 #: How sacct prints times (``%Y-%m-%dT%H:%M:%S``), and what -S/-E accept.
 SACCT_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"

@@ -11,13 +11,13 @@ the banking plugin's ``bank-config.toml`` (parsed as TOML, not by substring matc
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from pathlib import Path
 
-import tomllib
-
 from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.files import read_operator_file
 
 CENT = Decimal("0.01")
 _SECONDS_PER_HOUR = Decimal(3600)
@@ -66,16 +66,10 @@ class PriceTable:
 def load_price_file(path: str | Path) -> PriceTable:
     """The ``[PartitionPrice]`` table of a TOML file such as ``/etc/slurm/bank-config.toml``."""
     path = Path(path).expanduser()
+    data = read_operator_file(path, "price file", ConfigError)
     try:
-        with open(path, "rb") as fh:
-            document = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"price file {path} does not exist") from None
-    except PermissionError:
-        raise ConfigError(f"price file {path} is not readable by this user") from None
-    except IsADirectoryError:
-        raise ConfigError(f"price file {path} is a directory, not a file") from None
-    except tomllib.TOMLDecodeError as exc:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"price file {path} is not valid TOML: {exc}") from None
     table = document.get("PartitionPrice")
     if not isinstance(table, dict):

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.files import read_operator_text
 
 from .pricing import PriceTable, load_price_file
 
@@ -120,14 +121,9 @@ _PERIOD = re.compile(r"^(\d{1,2})-(\d{1,2})$")
 def load_profile_file(path: str | Path) -> dict[str, Profile]:
     """All profiles of a YAML profile file (``profiles: {name: {...}}``)."""
     path = Path(path).expanduser()
+    text = read_operator_text(path, "profile file", ConfigError)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"profile file {path} does not exist") from None
-    except (PermissionError, IsADirectoryError):
-        raise ConfigError(f"profile file {path} is not a readable file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"profile file {path} is not UTF-8 text") from None
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"profile file {path} is not valid YAML: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("profiles"), dict) or not document["profiles"]:

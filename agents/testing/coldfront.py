@@ -40,14 +40,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
-UTC = timezone.utc
 PAGE_SIZE = 100
 ALLOCATION_MIN = Decimal("0.00")
 ALLOCATION_MAX = Decimal("100000000.00")

@@ -8,7 +8,7 @@ what an operator would check: the op's reply, the API's jobs and usage, Slurm's 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -16,7 +16,6 @@ import pytest
 from .conftest import ALICE, BOB, STAFF_TOKEN, expected_amount, post_running, seed_world, write_profile, write_token
 
 pytestmark = pytest.mark.integration
-UTC = timezone.utc
 CLUSTER_TZ = "America/Los_Angeles"  # not the machine's zone: times must still come out right
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -19,7 +19,6 @@ from hpcsync.agents.slurmsync.slurm import (
     parse_sacct_output,
 )
 
-UTC = timezone.utc
 LA = ClusterClock("America/Los_Angeles")
 
 LINE = (

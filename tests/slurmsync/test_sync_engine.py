@@ -6,7 +6,7 @@ These exercise the ledger, pagination, outages and resumption without a Slurm cl
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -164,7 +164,7 @@ def test_running_jobs_over_many_pages(world):
         lines.append(sacct_line(job_id, "pc_alpha", state=state, start=start, end=end))
     world.write(lines)
     assert world.emulator.usage("pc_alpha") == Decimal("23000.00")  # 230 upper-bound estimates
-    kwargs = {"start": datetime(2024, 6, 1, tzinfo=timezone.utc), "end": None}
+    kwargs = {"start": datetime(2024, 6, 1, tzinfo=UTC), "end": None}
     dry = world.engine().sync_running_jobs(push=False, **kwargs)
     assert (dry.listed_running, dry.to_push, dry.still_running) == (230, 207, 23)
     report = world.engine().sync_running_jobs(push=True, **kwargs)
