@@ -27,16 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsync.agents.core.process import CommandCancelled
-from hpcsync.db.suprsync import (
-    CopyResult,
-    Signature,
-    SupRsyncError,
-    SupRsyncFilesManager,
-    local_signature,
-    md5_file,
-)
 
 from .backends import Backend, Item, PutOutcome, RemoteUnreachable
+from .files import CopyResult, Signature, SupRsyncError, local_signature, md5_file
+from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
 

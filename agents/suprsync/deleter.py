@@ -22,13 +22,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from hpcsync.db.suprsync import (
-    DeleteResult,
-    SupRsyncError,
-    SupRsyncFilesManager,
-    local_signature,
-    md5_file,
-)
+from .files import DeleteResult, SupRsyncError, local_signature, md5_file
+from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
 

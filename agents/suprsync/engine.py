@@ -21,11 +21,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hpcsync.agents.core.process import CommandError, CommandTimeout
 from hpcsync.db.engine import DatabaseError
-from hpcsync.db.suprsync import SupRsyncError, SupRsyncFilesManager
 
 from .backends import Backend, RemoteUnreachable
 from .copier import BatchReport, Copier, CopySettings
 from .deleter import delete_files
+from .files import SupRsyncError
+from .ledger import SupRsyncFilesManager
 from .timecodes import update_timecode_dirs
 
 log = logging.getLogger("hpcsync.suprsync")

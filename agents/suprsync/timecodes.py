@@ -22,13 +22,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from hpcsync.db.suprsync import DAYS_TO_COMPLETE_TCDIR, SupRsyncFilesManager
+if TYPE_CHECKING:  # the ledger calls this module: no import cycle at run time
+    from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
+
+#: A timecode directory with no newer one is complete this many timecodes (~days) later.
+DAYS_TO_COMPLETE_TCDIR = 1
 
 
 def timecode_of(ts: float) -> int:

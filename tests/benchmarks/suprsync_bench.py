@@ -32,8 +32,8 @@ from hpcsync.agents.core.ssh import SshOptions, rsync_base_argv  # noqa: E402
 from hpcsync.agents.suprsync.backends import SshRsyncBackend  # noqa: E402
 from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, CopySettings  # noqa: E402
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine  # noqa: E402
+from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager  # noqa: E402
 from hpcsync.db.models import path_hash  # noqa: E402
-from hpcsync.db.suprsync import SupRsyncFilesManager  # noqa: E402
 from services.sshd import start_sshd  # noqa: E402
 
 ARCHIVE = "bench"

@@ -12,7 +12,7 @@ import pytest
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend, PutOutcome, RemoteUnreachable
 from hpcsync.agents.suprsync.copier import CopySettings
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
-from hpcsync.db.suprsync import SupRsyncFilesManager
+from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
 
 HOSTILE_NAMES = [
     "with space.dat",

@@ -13,7 +13,7 @@ import pytest
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend, parse_md5sum_output
 from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, Copier, CopySettings
 from hpcsync.agents.suprsync.deleter import delete_files
-from hpcsync.db.suprsync import SupRsyncFilesManager
+from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
 
 from .conftest import ARCHIVE, HOSTILE_NAMES, FaultyBackend, files_under, make_engine, md5, status_of, tc_now, write
 

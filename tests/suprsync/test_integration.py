@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hpcsync.db.suprsync import SupRsyncFilesManager
+from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
 
 from .conftest import HOSTILE_NAMES, files_under, tc_now, write
 

@@ -14,14 +14,9 @@ from sqlalchemy import event, select
 
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend
 from hpcsync.agents.suprsync.deleter import delete_files
-from hpcsync.db.suprsync import (
-    CopyResult,
-    RemotePathError,
-    SupRsyncError,
-    SupRsyncFilesManager,
-    import_socs_database,
-    normalize_remote_path,
-)
+from hpcsync.agents.suprsync.files import CopyResult, RemotePathError, SupRsyncError, normalize_remote_path
+from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
+from hpcsync.agents.suprsync.socs_import import import_socs_database
 
 from .conftest import ARCHIVE, make_engine, md5, status_of, tc_now, write
 
@@ -427,3 +422,31 @@ def test_rows_without_inode_and_ctime_are_hashed_again_before_delete(tmp_path, l
     rows = {r.remote_path: r for r in ledger.get_known_files(ARCHIVE)}
     assert rows["16000/same.g3"].status == "removed"
     assert rows["16000/older.g3"].status == "pending" and rows["16000/older.g3"].local_ino == older.stat().st_ino
+
+
+def test_producers_keep_importing_the_ledger_from_hpcsync_db_suprsync():
+    """socs's producers import ``hpcsync.db.suprsync.SupRsyncFilesManager``: it is the
+    agent's ledger class, and so are the other names that module has always offered;
+    ``hpcsync.db`` itself still imports no agent code."""
+    import subprocess
+    import sys
+
+    import hpcsync.agents.suprsync.files as files
+    import hpcsync.agents.suprsync.ledger as ledger_module
+    import hpcsync.agents.suprsync.socs_import as socs_import
+    import hpcsync.db.suprsync as shim
+
+    assert shim.SupRsyncFilesManager is ledger_module.SupRsyncFilesManager
+    assert shim.ALL_STATES == ledger_module.ALL_STATES
+    assert shim.import_socs_database is socs_import.import_socs_database
+    for name in ("SupRsyncError", "RemotePathError", "normalize_remote_path", "check_timecode", "split_path"):
+        assert getattr(shim, name) is getattr(files, name)
+    assert set(shim.__all__) <= set(dir(shim))
+    with pytest.raises(AttributeError):
+        _ = shim.no_such_name
+    probe = (
+        "import sys, hpcsync.db, hpcsync.db.models, hpcsync.db.dialect, hpcsync.db.runs, hpcsync.db.suprsync;"
+        "print(sorted(m for m in sys.modules if m.startswith('hpcsync.agents')))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

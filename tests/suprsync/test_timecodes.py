@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 
 from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+from hpcsync.agents.suprsync.files import CopyResult
 from hpcsync.agents.suprsync.timecodes import finalization_paths, is_complete, update_timecode_dirs
-from hpcsync.db.suprsync import CopyResult
 
 from .conftest import ARCHIVE, files_under, make_engine, status_of, tc_now, write
 
