@@ -1,8 +1,10 @@
 """The few lines every hpcsync ``agent.py`` needs to join the OCS hub.
 
 ``start_agent`` does what ocs's barebones ``main`` does (txaio logging, site-config
-argument parsing, ``init_site_agent``), and bridges Python ``logging`` (used by the plain
-engines) into the agent's txaio log, so one log shows both.
+argument parsing, ``init_site_agent``), resolves hpcsync's ``--access-policy file:/path``
+(passwords from a file, never from the command line; see :mod:`.access`), and bridges
+Python ``logging`` (used by the plain engines) into the agent's txaio log, so one log shows
+both.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from . import access
+from .secrets import SecretError
 
 
 class _TxaioHandler(logging.Handler):
@@ -47,7 +52,8 @@ def start_agent(
     """Parse site-config + command-line arguments and create the OCS agent and runner.
 
     Returns ``(agent, runner, args)``. The caller constructs its agent class, registers
-    ops and calls ``runner.run(agent, auto_reconnect=True)``.
+    ops and calls ``runner.run(agent, auto_reconnect=True)``. A policy that cannot be read
+    or parsed ends the process with a one-line message naming the file or variable.
     """
     import txaio
     from ocs import ocs_agent, site_config
@@ -58,7 +64,13 @@ def start_agent(
 
     parser = make_parser(None)
     parsed = site_config.parse_args(agent_class=agent_class, parser=parser, args=args)
+    try:
+        policy = access.prepare(parsed)
+    except SecretError as exc:
+        raise SystemExit(f"{agent_class} {parsed.instance_id}: {exc}") from None
     agent, runner = ocs_agent.init_site_agent(parsed)
+    access.apply(agent, parsed, policy)
+    agent.log.info(access.describe(policy))
 
     root = logging.getLogger("hpcsync")
     root.handlers[:] = [_TxaioHandler(agent.log)]

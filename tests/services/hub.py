@@ -3,11 +3,19 @@
 The hub is started through :mod:`hpcsync.agents.core.hub` (the code ``hpcsync up`` uses).
 :meth:`Hub.start_agent` adds the instance to the harness's site config, launches it as a
 separate process and returns once an :class:`ocs.ocs_client.OCSClient` can reach it.
+
+Access control is on, as in a deployment: every hpcsync agent gets the harness's
+``--access-policy file:...`` (passwords made by :func:`~hpcsync.agents.core.access.ensure_demo_credentials`)
+unless the test passes its own, and :meth:`Hub.client` presents the level-2 password
+unless told otherwise (``privs=1``: no password). :meth:`Hub.wamp_call` calls a procedure
+over ``/ws`` the way ocs-web does (autobahn, not the HTTP bridge).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,12 +23,43 @@ from pathlib import Path
 
 import yaml
 
-from hpcsync.agents.core import daemon, hub
+from hpcsync.agents import plugin
+from hpcsync.agents.core import access, daemon, hub
 
 from . import ServiceError, free_port, log_tail
 
 REALM = "test_realm"
 ADDRESS_ROOT = "observatory"
+
+#: Default of :meth:`Hub.start_agent` and :meth:`Hub.client`: the harness's policy/password.
+HARNESS = object()
+
+#: A WAMP caller over ``/ws`` (asyncio autobahn, as ocs-web uses autobahn-js); request on
+#: stdin as JSON ``{"procedure", "args", "kwargs"}``, reply on stdout as JSON.
+_WAMP_CALLER = r"""
+import asyncio, json, sys
+import txaio
+txaio.use_asyncio()
+from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
+
+url, realm = sys.argv[1:3]
+request = json.load(sys.stdin)
+reply = {}
+
+class Caller(ApplicationSession):
+    async def onJoin(self, details):
+        try:
+            reply["result"] = await self.call(request["procedure"], *request["args"], **request["kwargs"])
+        except Exception as exc:
+            reply["error"] = f"{type(exc).__name__}: {exc}"
+        self.leave()
+
+    def onDisconnect(self):
+        asyncio.get_event_loop().stop()
+
+ApplicationRunner(url, realm).run(Caller)
+print(json.dumps(reply))
+"""
 
 
 @dataclass
@@ -46,6 +85,25 @@ class Hub:
     started_in: float
     instances: list[dict] = field(default_factory=list)
     agents: dict[str, AgentProcess] = field(default_factory=dict)
+
+    @property
+    def policy_file(self) -> Path:
+        """The harness's access policy (md5 hashes), given to hpcsync agents as ``file:``."""
+        return self.base / "access" / "policy.yaml"
+
+    @property
+    def passwords_file(self) -> Path:
+        """The matching OCS client password file (``OCS_PASSWORDS_FILE``), clear text."""
+        return self.base / "access" / "ocs-passwords.yaml"
+
+    def password(self, level: int = 2) -> str:
+        """The harness's clear-text password for credential level 2 or 3."""
+        rows = yaml.safe_load(self.passwords_file.read_text())
+        return rows[0][f"password_{level}"]
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
 
     @property
     def site_file(self) -> Path:
@@ -85,8 +143,20 @@ class Hub:
         *,
         env: dict | None = None,
         timeout: float = 60.0,
+        access_policy: str | object | None = HARNESS,
     ) -> AgentProcess:
-        """Launch the instance and wait until it answers ``get_api`` through the hub."""
+        """Launch the instance and wait until it answers ``get_api`` through the hub.
+
+        ``access_policy``: by default an hpcsync agent gets ``--access-policy
+        file:<policy_file>`` (unless ``arguments`` hold one); None gives none; a string is
+        passed as the policy. ocs's own agents get only what ``arguments`` say.
+        """
+        arguments = list(arguments or [])
+        if access_policy is HARNESS:
+            has_own = any(a == "--access-policy" or a.startswith("--access-policy=") for a in arguments)
+            access_policy = None if has_own or agent_class not in plugin.agents else f"file:{self.policy_file}"
+        if access_policy is not None:
+            arguments += ["--access-policy", str(access_policy)]
         self.add_instance(agent_class, instance_id, arguments)
         log = self.base / "logs" / f"{instance_id}.out"
         argv = [str(Path(sys.executable).parent / "ocs-agent-cli"), *self.client_args, "--instance-id", instance_id]
@@ -107,10 +177,39 @@ class Hub:
 
         return bool(agent_api(load_site_config(self.site_file), instance_id, timeout=2))
 
-    def client(self, instance_id: str):
+    def client(self, instance_id: str, privs: str | int | object = HARNESS):
+        """An OCSClient for the instance; by default it sends the harness's level-2 password.
+
+        ``privs`` as OCSClient takes it: a password (str), or a level (int) looked up in
+        ``$OCS_PASSWORDS_FILE``; 1 sends no password.
+        """
         from ocs.ocs_client import OCSClient
 
-        return OCSClient(instance_id, args=self.client_args)
+        if privs is HARNESS:
+            privs = self.password(2)
+        return OCSClient(instance_id, privs=privs, args=self.client_args)
+
+    def wamp_call(self, procedure: str, args: list, kwargs: dict | None = None, timeout: float = 30.0):
+        """Call ``procedure`` over ``/ws`` from a fresh autobahn session (as ocs-web does).
+
+        Returns the result; raises :class:`ServiceError` with the router's error otherwise.
+        The request travels on stdin, so no password shows in the caller's argv either.
+        """
+        request = json.dumps({"procedure": procedure, "args": list(args), "kwargs": dict(kwargs or {})})
+        proc = subprocess.run(
+            [sys.executable, "-c", _WAMP_CALLER, self.ws_url, REALM],
+            input=request,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        lines = proc.stdout.strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise ServiceError(f"WAMP caller failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        reply = json.loads(lines[-1])
+        if "error" in reply:
+            raise ServiceError(f"{procedure}: {reply['error']}")
+        return reply["result"]
 
     def stop_agents(self) -> None:
         for agent in self.agents.values():
@@ -138,5 +237,6 @@ def start_hub(base: Path) -> Hub:
     except hub.HubError as exc:
         raise ServiceError(str(exc)) from None
     h = Hub(base, port, pid, time.monotonic() - started)
+    access.ensure_demo_credentials(h.policy_file, h.passwords_file)
     h.write_site_config()
     return h
