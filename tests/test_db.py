@@ -8,12 +8,15 @@ import sys
 import textwrap
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select, text
 
 from hpcsync.db import DatabaseError, open_database
-from hpcsync.db.models import AgentRun, Base, SupRsyncFile, path_hash
+from hpcsync.db.dialect import IN_CHUNK, chunked, insert_ignore
+from hpcsync.db.engine import _alembic_config
+from hpcsync.db.models import AgentRun, Base, SupRsyncFile, SyncCursor, path_hash
 from hpcsync.db.runs import get_cursor, recent_runs, record_run, set_cursor
 
 EXPECTED_TABLES = {
@@ -22,6 +25,9 @@ EXPECTED_TABLES = {
     "suprsync_files",
     "suprsync_timecode_dirs",
     "slurmsync_job_pushes",
+}
+#: Tables the first 0001 created for agents not built yet; 0002 drops them.
+UNBUILT_AGENT_TABLES = {
     "mxsync_epn_transfers",
     "epnalert_alerts",
     "mpistat_reports",
@@ -35,7 +41,7 @@ EXPECTED_TABLES = {
 def test_fresh_database_is_migrated_to_head(db_url):
     db = open_database(db_url)
     try:
-        assert set(db.tables()) >= EXPECTED_TABLES
+        assert set(db.tables()) == EXPECTED_TABLES | {"alembic_version"}
         assert db.current_revision() == db.head_revision()
     finally:
         db.dispose()
@@ -50,6 +56,121 @@ def test_models_and_migrations_agree(db_url):
         assert diff == []
     finally:
         db.dispose()
+
+
+# The unbuilt agents' tables as the first revision 0001 created them (indexes, foreign keys),
+# in portable DDL, plus one row each.
+_OLD_0001_DDL = [
+    "CREATE TABLE cloudsync_targets (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(64) NOT NULL UNIQUE, "
+    "local_dir TEXT NOT NULL, bucket VARCHAR(255) NOT NULL, prefix TEXT NOT NULL, encrypt_patterns TEXT, "
+    "exclude_patterns TEXT, created_at DOUBLE PRECISION NOT NULL, last_push_at DOUBLE PRECISION, "
+    "last_pull_at DOUBLE PRECISION)",
+    "CREATE TABLE epnalert_alerts (id INTEGER NOT NULL PRIMARY KEY, site VARCHAR(64) NOT NULL, "
+    "epn VARCHAR(32) NOT NULL, first_seen_at DOUBLE PRECISION NOT NULL, last_alerted_at DOUBLE PRECISION, "
+    "alert_count INTEGER NOT NULL, recipients TEXT, resolved_at DOUBLE PRECISION, "
+    "CONSTRAINT uq_epnalert_alerts_site_epn UNIQUE (site, epn))",
+    "CREATE INDEX ix_epnalert_alerts_site_resolved ON epnalert_alerts (site, resolved_at)",
+    "CREATE TABLE mpistat_reports (id INTEGER NOT NULL PRIMARY KEY, kind VARCHAR(16) NOT NULL, "
+    "report_date VARCHAR(10) NOT NULL, source_digest VARCHAR(64) NOT NULL, source_files TEXT NOT NULL, "
+    "status VARCHAR(16) NOT NULL, started_at DOUBLE PRECISION NOT NULL, finished_at DOUBLE PRECISION, "
+    "row_count INTEGER, output_path TEXT, error TEXT, "
+    "CONSTRAINT uq_mpistat_reports_kind_date_digest UNIQUE (kind, report_date, source_digest))",
+    "CREATE TABLE mxsync_epn_transfers (id INTEGER NOT NULL PRIMARY KEY, site VARCHAR(64) NOT NULL, "
+    "epn VARCHAR(32) NOT NULL, project VARCHAR(64), state VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL, "
+    "started_at DOUBLE PRECISION, finished_at DOUBLE PRECISION, returncode INTEGER, files_transferred INTEGER, "
+    "bytes_transferred BIGINT, verified BOOLEAN NOT NULL, error TEXT, "
+    "CONSTRAINT uq_mxsync_epn_transfers_site_epn UNIQUE (site, epn))",
+    "CREATE INDEX ix_mxsync_epn_transfers_site_state ON mxsync_epn_transfers (site, state)",
+    "CREATE TABLE cloudsync_objects (id INTEGER NOT NULL PRIMARY KEY, target_id INTEGER NOT NULL, "
+    "relpath TEXT NOT NULL, relpath_hash VARCHAR(40) NOT NULL, size BIGINT NOT NULL, "
+    "mtime DOUBLE PRECISION NOT NULL, sha256 VARCHAR(64) NOT NULL, etag VARCHAR(80), mode INTEGER, "
+    "owner VARCHAR(64), {group} VARCHAR(64), encrypted BOOLEAN NOT NULL, pushed_at DOUBLE PRECISION NOT NULL, "
+    "CONSTRAINT fk_cloudsync_objects_target_id_cloudsync_targets FOREIGN KEY (target_id) "
+    "REFERENCES cloudsync_targets (id) ON DELETE CASCADE, "
+    "CONSTRAINT uq_cloudsync_objects_target_path UNIQUE (target_id, relpath_hash))",
+    "CREATE TABLE mpistat_directory_usage (id INTEGER NOT NULL PRIMARY KEY, report_id INTEGER NOT NULL, "
+    "volume VARCHAR(64) NOT NULL, project VARCHAR(255), directory_path TEXT NOT NULL, num_files BIGINT NOT NULL, "
+    "size_bytes BIGINT NOT NULL, last_modified_days DOUBLE PRECISION, pi VARCHAR(255), group_name VARCHAR(255), "
+    "category_bytes TEXT, CONSTRAINT fk_mpistat_directory_usage_report_id_mpistat_reports FOREIGN KEY (report_id) "
+    "REFERENCES mpistat_reports (id) ON DELETE CASCADE)",
+    "CREATE INDEX ix_mpistat_directory_usage_report_volume ON mpistat_directory_usage (report_id, volume)",
+    "CREATE TABLE mpistat_group_usage (id INTEGER NOT NULL PRIMARY KEY, report_id INTEGER NOT NULL, "
+    "volume VARCHAR(64) NOT NULL, gid BIGINT NOT NULL, group_name VARCHAR(255), pi VARCHAR(255), "
+    "used_bytes BIGINT NOT NULL, quota_bytes BIGINT, last_modified_days DOUBLE PRECISION, archived_dirs TEXT, "
+    "is_humgen BOOLEAN NOT NULL, CONSTRAINT fk_mpistat_group_usage_report_id_mpistat_reports "
+    "FOREIGN KEY (report_id) REFERENCES mpistat_reports (id) ON DELETE CASCADE)",
+    "CREATE INDEX ix_mpistat_group_usage_report_volume_gid ON mpistat_group_usage (report_id, volume, gid)",
+    "INSERT INTO cloudsync_targets (id, name, local_dir, bucket, prefix, created_at) "
+    "VALUES (1, 't', '/d', 'b', 'p', 1.0)",
+    "INSERT INTO cloudsync_objects (id, target_id, relpath, relpath_hash, size, mtime, sha256, encrypted, pushed_at) "
+    "VALUES (1, 1, 'a', 'h', 1, 1.0, 's', FALSE, 1.0)",
+    "INSERT INTO mpistat_reports (id, kind, report_date, source_digest, source_files, status, started_at) "
+    "VALUES (1, 'group', '2026-01-01', 'd', 'f', 'done', 1.0)",
+    "INSERT INTO mpistat_group_usage (id, report_id, volume, gid, used_bytes, is_humgen) "
+    "VALUES (1, 1, 'v', 1, 1, FALSE)",
+    "INSERT INTO mpistat_directory_usage (id, report_id, volume, directory_path, num_files, size_bytes) "
+    "VALUES (1, 1, 'v', '/p', 1, 1)",
+    "INSERT INTO mxsync_epn_transfers (id, site, epn, state, attempts, verified) VALUES (1, 's', 'e', 'done', 0, TRUE)",
+    "INSERT INTO epnalert_alerts (id, site, epn, first_seen_at, alert_count) VALUES (1, 's', 'e', 1.0, 1)",
+]
+
+
+def test_a_database_created_by_the_first_0001_upgrades_to_head(db_url):
+    """A database made by the first revision 0001 still has the unbuilt agents' tables
+    (with foreign keys, indexes and rows): 0002 drops them, and the schema is then exactly
+    the models'. Upgrading a second time, and a database made by the current 0001, are no-ops."""
+    db = open_database(db_url, upgrade=False)
+    try:
+        db.upgrade("0001")
+        with db.engine.begin() as conn:
+            group = conn.dialect.identifier_preparer.quote("group")  # a reserved word
+            for statement in _OLD_0001_DDL:
+                conn.execute(text(statement.replace("{group}", group)))
+        assert set(db.tables()) >= EXPECTED_TABLES | UNBUILT_AGENT_TABLES
+        assert db.current_revision() == "0001"
+    finally:
+        db.dispose()
+    db = open_database(db_url)  # upgrades to head
+    try:
+        assert db.current_revision() == db.head_revision() != "0001"
+        assert set(db.tables()) == EXPECTED_TABLES | {"alembic_version"}
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == []
+        command.downgrade(_alembic_config(db), "0001")  # harmless: recreates nothing
+        assert set(db.tables()) == EXPECTED_TABLES | {"alembic_version"} and db.current_revision() == "0001"
+        db.upgrade()
+        assert db.current_revision() == db.head_revision()
+    finally:
+        db.dispose()
+
+
+def test_dialect_helpers_on_every_backend(db_url):
+    """insert_ignore skips rows a concurrent writer inserted first; chunked keeps IN lists
+    under every backend's parameter limit, whatever the number of keys."""
+    db = open_database(db_url)
+    rows = [{"scope": "s", "name": f"n{i}", "value": "first", "updated_at": 1.0} for i in range(1200)]
+    try:
+        with db.session() as s:
+            insert_ignore(s, SyncCursor, rows[:700])
+        with db.session() as s:
+            insert_ignore(s, SyncCursor, [{**r, "value": "second"} for r in rows])  # 700 duplicates
+            insert_ignore(s, SyncCursor, [])
+        names = [f"n{i}" for i in range(0, 1200, 1)] + [f"missing{i}" for i in range(40_000)]
+        found: dict[str, str] = {}
+        with db.session() as s:
+            parts = list(chunked(names))
+            assert len(parts) == -(-len(names) // IN_CHUNK) and max(len(p) for p in parts) == IN_CHUNK
+            for part in parts:
+                q = select(SyncCursor.name, SyncCursor.value).where(SyncCursor.name.in_(part))
+                found.update(s.execute(q).all())
+        assert len(found) == 1200
+        assert sum(v == "first" for v in found.values()) == 700 and found["n1199"] == "second"
+    finally:
+        db.dispose()
+    assert [list(p) for p in chunked(iter(range(5)), 2)] == [[0, 1], [2, 3], [4]]
+    with pytest.raises(ValueError):
+        list(chunked([1], 0))
 
 
 def test_long_paths_are_unique_per_archive(db_url):
@@ -182,6 +303,6 @@ def test_cli_upgrades_and_reports_revision(tmp_path):
     assert current.returncode == 1 and "revision none" in current.stdout
     up = subprocess.run([*hpcsync, "db", "--db", url, "upgrade"], capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
-    assert "empty -> 0001" in up.stdout
+    assert "empty -> 0002" in up.stdout
     current = subprocess.run([*hpcsync, "db", "--db", url, "current"], capture_output=True, text=True, timeout=60)
-    assert current.returncode == 0 and "revision 0001" in current.stdout
+    assert current.returncode == 0 and "revision 0002" in current.stdout

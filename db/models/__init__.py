@@ -2,7 +2,6 @@
 
 from .base import Base, path_hash
 from .core import AgentRun, SyncCursor
-from .ledgers import CloudObject, CloudTarget, DirectoryUsage, EpnAlert, EpnTransfer, GroupUsage, UsageReport
 from .slurmsync import SlurmJobPush
 from .suprsync import FILE_STATES, SupRsyncFile, TimecodeDir
 
@@ -10,16 +9,9 @@ __all__ = [
     "FILE_STATES",
     "AgentRun",
     "Base",
-    "CloudObject",
-    "CloudTarget",
-    "DirectoryUsage",
-    "EpnAlert",
-    "EpnTransfer",
-    "GroupUsage",
     "SlurmJobPush",
     "SupRsyncFile",
     "SyncCursor",
     "TimecodeDir",
-    "UsageReport",
     "path_hash",
 ]

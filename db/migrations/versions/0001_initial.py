@@ -1,8 +1,13 @@
-"""initial schema for all agents
+"""initial schema: run ledger, cursors, SupRsync and SlurmSync tables
 
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-23 01:23:52.528420
+
+Until revision 0002 this revision also created tables designed for agents not built yet
+(MxSync, EpnAlert, MpistatReporter, CloudSync). They were taken out of it: each agent adds
+its own tables in its own migration when it is built. Databases created by the earlier
+version of this revision still have them; 0002 drops them there.
 """
 
 import sqlalchemy as sa
@@ -35,79 +40,6 @@ def upgrade() -> None:
             ["instance_id", "operation", "started_at"],
             unique=False,
         )
-
-    op.create_table(
-        "cloudsync_targets",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("name", sa.String(length=64), nullable=False),
-        sa.Column("local_dir", sa.Text(), nullable=False),
-        sa.Column("bucket", sa.String(length=255), nullable=False),
-        sa.Column("prefix", sa.Text(), nullable=False),
-        sa.Column("encrypt_patterns", sa.Text(), nullable=True),
-        sa.Column("exclude_patterns", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.Double(), nullable=False),
-        sa.Column("last_push_at", sa.Double(), nullable=True),
-        sa.Column("last_pull_at", sa.Double(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_cloudsync_targets")),
-        sa.UniqueConstraint("name", name=op.f("uq_cloudsync_targets_name")),
-    )
-    op.create_table(
-        "epnalert_alerts",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("site", sa.String(length=64), nullable=False),
-        sa.Column("epn", sa.String(length=32), nullable=False),
-        sa.Column("first_seen_at", sa.Double(), nullable=False),
-        sa.Column("last_alerted_at", sa.Double(), nullable=True),
-        sa.Column("alert_count", sa.Integer(), nullable=False),
-        sa.Column("recipients", sa.Text(), nullable=True),
-        sa.Column("resolved_at", sa.Double(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_epnalert_alerts")),
-        sa.UniqueConstraint("site", "epn", name="uq_epnalert_alerts_site_epn"),
-    )
-    with op.batch_alter_table("epnalert_alerts", schema=None) as batch_op:
-        batch_op.create_index("ix_epnalert_alerts_site_resolved", ["site", "resolved_at"], unique=False)
-
-    op.create_table(
-        "mpistat_reports",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("report_date", sa.String(length=10), nullable=False),
-        sa.Column("source_digest", sa.String(length=64), nullable=False),
-        sa.Column("source_files", sa.Text(), nullable=False),
-        sa.Column("status", sa.String(length=16), nullable=False),
-        sa.Column("started_at", sa.Double(), nullable=False),
-        sa.Column("finished_at", sa.Double(), nullable=True),
-        sa.Column("row_count", sa.Integer(), nullable=True),
-        sa.Column("output_path", sa.Text(), nullable=True),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_reports")),
-        sa.UniqueConstraint(
-            "kind",
-            "report_date",
-            "source_digest",
-            name="uq_mpistat_reports_kind_date_digest",
-        ),
-    )
-    op.create_table(
-        "mxsync_epn_transfers",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("site", sa.String(length=64), nullable=False),
-        sa.Column("epn", sa.String(length=32), nullable=False),
-        sa.Column("project", sa.String(length=64), nullable=True),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("started_at", sa.Double(), nullable=True),
-        sa.Column("finished_at", sa.Double(), nullable=True),
-        sa.Column("returncode", sa.Integer(), nullable=True),
-        sa.Column("files_transferred", sa.Integer(), nullable=True),
-        sa.Column("bytes_transferred", sa.BigInteger(), nullable=True),
-        sa.Column("verified", sa.Boolean(), nullable=False),
-        sa.Column("error", sa.Text(), nullable=True),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_mxsync_epn_transfers")),
-        sa.UniqueConstraint("site", "epn", name="uq_mxsync_epn_transfers_site_epn"),
-    )
-    with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
-        batch_op.create_index("ix_mxsync_epn_transfers_site_state", ["site", "state"], unique=False)
 
     op.create_table(
         "slurmsync_job_pushes",
@@ -187,86 +119,6 @@ def upgrade() -> None:
         sa.UniqueConstraint("scope", "name", name="uq_sync_cursors_scope_name"),
     )
     op.create_table(
-        "cloudsync_objects",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("target_id", sa.Integer(), nullable=False),
-        sa.Column("relpath", sa.Text(), nullable=False),
-        sa.Column("relpath_hash", sa.String(length=40), nullable=False),
-        sa.Column("size", sa.BigInteger(), nullable=False),
-        sa.Column("mtime", sa.Double(), nullable=False),
-        sa.Column("sha256", sa.String(length=64), nullable=False),
-        sa.Column("etag", sa.String(length=80), nullable=True),
-        sa.Column("mode", sa.Integer(), nullable=True),
-        sa.Column("owner", sa.String(length=64), nullable=True),
-        sa.Column("group", sa.String(length=64), nullable=True),
-        sa.Column("encrypted", sa.Boolean(), nullable=False),
-        sa.Column("pushed_at", sa.Double(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["target_id"],
-            ["cloudsync_targets.id"],
-            name=op.f("fk_cloudsync_objects_target_id_cloudsync_targets"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_cloudsync_objects")),
-        sa.UniqueConstraint("target_id", "relpath_hash", name="uq_cloudsync_objects_target_path"),
-    )
-    op.create_table(
-        "mpistat_directory_usage",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("report_id", sa.Integer(), nullable=False),
-        sa.Column("volume", sa.String(length=64), nullable=False),
-        sa.Column("project", sa.String(length=255), nullable=True),
-        sa.Column("directory_path", sa.Text(), nullable=False),
-        sa.Column("num_files", sa.BigInteger(), nullable=False),
-        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("last_modified_days", sa.Double(), nullable=True),
-        sa.Column("pi", sa.String(length=255), nullable=True),
-        sa.Column("group_name", sa.String(length=255), nullable=True),
-        sa.Column("category_bytes", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["report_id"],
-            ["mpistat_reports.id"],
-            name=op.f("fk_mpistat_directory_usage_report_id_mpistat_reports"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_directory_usage")),
-    )
-    with op.batch_alter_table("mpistat_directory_usage", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_mpistat_directory_usage_report_volume",
-            ["report_id", "volume"],
-            unique=False,
-        )
-
-    op.create_table(
-        "mpistat_group_usage",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("report_id", sa.Integer(), nullable=False),
-        sa.Column("volume", sa.String(length=64), nullable=False),
-        sa.Column("gid", sa.BigInteger(), nullable=False),
-        sa.Column("group_name", sa.String(length=255), nullable=True),
-        sa.Column("pi", sa.String(length=255), nullable=True),
-        sa.Column("used_bytes", sa.BigInteger(), nullable=False),
-        sa.Column("quota_bytes", sa.BigInteger(), nullable=True),
-        sa.Column("last_modified_days", sa.Double(), nullable=True),
-        sa.Column("archived_dirs", sa.Text(), nullable=True),
-        sa.Column("is_humgen", sa.Boolean(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["report_id"],
-            ["mpistat_reports.id"],
-            name=op.f("fk_mpistat_group_usage_report_id_mpistat_reports"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_mpistat_group_usage")),
-    )
-    with op.batch_alter_table("mpistat_group_usage", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_mpistat_group_usage_report_volume_gid",
-            ["report_id", "volume", "gid"],
-            unique=False,
-        )
-
-    op.create_table(
         "suprsync_timecode_dirs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("archive_name", sa.String(length=64), nullable=False),
@@ -298,15 +150,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_suprsync_timecode_dirs_archive_finalized")
 
     op.drop_table("suprsync_timecode_dirs")
-    with op.batch_alter_table("mpistat_group_usage", schema=None) as batch_op:
-        batch_op.drop_index("ix_mpistat_group_usage_report_volume_gid")
-
-    op.drop_table("mpistat_group_usage")
-    with op.batch_alter_table("mpistat_directory_usage", schema=None) as batch_op:
-        batch_op.drop_index("ix_mpistat_directory_usage_report_volume")
-
-    op.drop_table("mpistat_directory_usage")
-    op.drop_table("cloudsync_objects")
     op.drop_table("sync_cursors")
     with op.batch_alter_table("suprsync_files", schema=None) as batch_op:
         batch_op.drop_index("ix_suprsync_files_archive_timecode_status")
@@ -318,16 +161,6 @@ def downgrade() -> None:
         batch_op.drop_index("ix_slurmsync_job_pushes_target_api_state")
 
     op.drop_table("slurmsync_job_pushes")
-    with op.batch_alter_table("mxsync_epn_transfers", schema=None) as batch_op:
-        batch_op.drop_index("ix_mxsync_epn_transfers_site_state")
-
-    op.drop_table("mxsync_epn_transfers")
-    op.drop_table("mpistat_reports")
-    with op.batch_alter_table("epnalert_alerts", schema=None) as batch_op:
-        batch_op.drop_index("ix_epnalert_alerts_site_resolved")
-
-    op.drop_table("epnalert_alerts")
-    op.drop_table("cloudsync_targets")
     with op.batch_alter_table("agent_runs", schema=None) as batch_op:
         batch_op.drop_index("ix_agent_runs_instance_op_started")
 
