@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,18 @@ def test_the_shipped_demo_comes_up_and_copies_a_registered_file(tmp_path):
         report = json.loads(_run("status", *common, "--json").stdout)
         (agent,) = report["agents"]
         assert agent["registered"] and agent["ops"]["run"]["status"] == "running"
+
+        # Access control on with no manual step: a policy for the agent, passwords for clients.
+        policy, passwords = demo / "access" / "policy.yaml", demo / "access" / "ocs-passwords.yaml"
+        assert f"export OCS_PASSWORDS_FILE={passwords}" in up.stdout
+        assert stat.S_IMODE(policy.stat().st_mode) == 0o600 and stat.S_IMODE(passwords.stat().st_mode) == 0o600
+        assert agent["access_policy"] == "file"
+        (row,) = yaml.safe_load(passwords.read_text())
+        assert row["default"] is True and row["password_2"] not in policy.read_text()
+        assert row["password_2"] not in (tmp_path / "run" / "logs" / "suprsync-demo.log").read_text()
+        again = _run("up", *common)
+        assert again.returncode == 0 and f"using demo policy {policy}" in again.stdout
+        assert yaml.safe_load(passwords.read_text()) == [row], "a second 'up' must keep the passwords"
 
         data = tmp_path / "data.bin"
         data.write_bytes(b"demo payload\n" * 100)

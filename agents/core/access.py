@@ -227,13 +227,17 @@ def _hash_md5(value: str) -> str:
 
 
 def _private_dir(path: Path) -> None:
-    """Create ``path`` (mode 0700) or check that this user owns it and it is no symlink."""
+    """Create ``path`` (mode 0700) or check it; it and every directory above it must belong
+    to this user or root, so nobody else can swap the files (think of a shared /tmp)."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise AccessPolicyError(f"{path} is not a directory")
     if info.st_uid != os.getuid():
         raise AccessPolicyError(f"{path} belongs to another user; remove it or choose another directory")
+    for above in path.resolve().parents:
+        if os.stat(above).st_uid not in (0, os.getuid()):
+            raise AccessPolicyError(f"{above} belongs to another user; choose a directory only you can change")
 
 
 def _write_private(path: Path, text: str) -> None:

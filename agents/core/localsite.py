@@ -3,6 +3,12 @@
 What ``ocs-local-support`` does, without its bugs: one run directory holds the crossbar
 config, every PID file and every log; ``down`` stops exactly what ``up`` started (by PID);
 ``status`` asks each agent over the hub for its ops and their state.
+
+A site config may name demo credentials (``demo-credentials: {access-policy: PATH,
+client-passwords: PATH}``, as ``site-configs/default.yaml`` does): ``up`` then creates
+that agent access policy and the matching OCS client password file, with random
+passwords, if they are missing, and says where the client file is. AccessDirector
+instances start first, so the agents that take their rules from one find it on the hub.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import yaml
 
-from . import daemon, hub
+from . import access, daemon, hub
 from .siteconfig import AgentInstance, SiteConfig
 
 #: Seconds an agent gets to register on the hub after it was started.
 AGENT_READY_TIMEOUT = 60.0
+
+#: OCS's agent that hands out access rules (``--access-policy director:<its id>``).
+ACCESS_DIRECTOR = "AccessDirector"
 
 
 class LocalSiteError(RuntimeError):
@@ -67,6 +77,16 @@ class LocalSite:
 
     def up(self, only: list[str] | None = None, out=sys.stdout) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        credentials = self.demo_credentials()
+        if credentials:
+            policy_file, passwords_file = credentials
+            try:
+                made = access.ensure_demo_credentials(policy_file, passwords_file)
+            except (access.AccessPolicyError, OSError) as exc:
+                raise LocalSiteError(f"demo credentials: {exc}") from None
+            verb = "created" if made else "using"
+            print(f"access: {verb} demo policy {policy_file}; ops that change state need a password:", file=out)
+            print(f"        export OCS_PASSWORDS_FILE={passwords_file}  # then OCSClient(id, privs=2)", file=out)
         crossbar_pid = daemon.read_pid(self.pidfile("crossbar"))
         if crossbar_pid and daemon.pid_alive(crossbar_pid):
             print(f"hub: already running (pid {crossbar_pid})", file=out)
@@ -87,8 +107,33 @@ class LocalSite:
         unknown = set(only or ()) - {i.instance_id for i in wanted}
         if unknown:
             raise LocalSiteError(f"no such instance in {self.site.path}: {', '.join(sorted(unknown))}")
+        # Directors first: an agent asks its director for rules once, when it joins.
+        directors = [i for i in wanted if i.agent_class == ACCESS_DIRECTOR]
+        failed = self._start(directors, out)
+        failed += self._start([i for i in wanted if i.agent_class != ACCESS_DIRECTOR], out)
+        if failed:
+            raise LocalSiteError(f"{len(failed)} agent(s) failed to start: {', '.join(failed)}")
+
+    def demo_credentials(self) -> tuple[Path, Path] | None:
+        """The site config's ``demo-credentials`` (policy file, client password file), if any."""
+        try:
+            raw = yaml.safe_load(self.site.path.read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError):
+            return None  # load_site_config already read it; nothing new to report here
+        block = raw.get("demo-credentials") if isinstance(raw, dict) else None
+        if block is None:
+            return None
+        paths = [block.get(k) if isinstance(block, dict) else None for k in ("access-policy", "client-passwords")]
+        if not all(isinstance(p, str) and p for p in paths):
+            raise LocalSiteError(
+                f"{self.site.path}: demo-credentials needs 'access-policy' and 'client-passwords' file paths"
+            )
+        return Path(paths[0]).expanduser(), Path(paths[1]).expanduser()
+
+    def _start(self, instances: list[AgentInstance], out) -> list[str]:
+        """Start the instances not already running; wait for each to register. Failed ids."""
         spawned: dict[str, object] = {}
-        for inst in wanted:
+        for inst in instances:
             pid = daemon.read_pid(self.pidfile(inst.instance_id))
             if pid and daemon.pid_alive(pid):
                 print(f"{inst.instance_id}: already running (pid {pid})", file=out)
@@ -105,12 +150,7 @@ class LocalSite:
                 print(f"{iid}: {state}; see {log}:\n{hub.tail(log)}", file=out)
             else:
                 print(f"{iid}: up (pid {proc.pid}, registered in {time.monotonic() - started:.1f} s)", file=out)
-        if failed:
-            raise LocalSiteError(f"{len(failed)} agent(s) failed to start: {', '.join(failed)}")
-
-    def _registered(self, proc, instance_id: str) -> bool:
-        # An agent that exited will never register: stop waiting for it.
-        return proc.poll() is not None or bool(agent_api(self.site, instance_id, timeout=2))
+        return failed
 
     def _registered(self, proc, instance_id: str) -> bool:
         # An agent that exited will never register: stop waiting for it.
@@ -179,6 +219,7 @@ class LocalSite:
                 "agent_class": inst.agent_class,
                 "pid": apid if apid and daemon.pid_alive(apid) else None,
                 "registered": False,
+                "access_policy": None,
                 "ops": {},
             }
             if report["hub"]["ready"]:
@@ -188,6 +229,7 @@ class LocalSite:
                     api = None
                 if api:
                     entry["registered"] = True
+                    entry["access_policy"] = (api.get("access_control") or {}).get("policy")
                     for kind in ("tasks", "processes"):
                         for name, session, _info in api.get(kind, []):
                             entry["ops"][name] = {
@@ -204,7 +246,8 @@ def format_status(report: dict) -> str:
     lines = [f"hub {report['hub']['url']}: {hub_state} (pid {report['hub']['pid'] or '-'})"]
     for agent in report["agents"]:
         state = "registered" if agent["registered"] else ("running, not registered" if agent["pid"] else "stopped")
-        lines.append(f"  {agent['instance_id']} [{agent['agent_class']}]: {state} (pid {agent['pid'] or '-'})")
+        policy = f", access {agent['access_policy']}" if agent.get("access_policy") else ""
+        lines.append(f"  {agent['instance_id']} [{agent['agent_class']}]: {state} (pid {agent['pid'] or '-'}{policy})")
         for name, op in sorted(agent["ops"].items()):
             result = "" if op["success"] is None else (" ok" if op["success"] else " failed")
             lines.append(f"      {op['kind']:8s} {name}: {op['status']}{result}")
