@@ -1,7 +1,8 @@
 """The ``hpcsync`` command: local hub control, the database, and every agent's jobs.
 
-Each agent package that has command-line jobs provides ``add_commands(subparsers)``; its
-subcommands call the same engines as the agent's ops, so every job also runs without a hub.
+Each agent in :mod:`hpcsync.agents.registry` with a ``cli`` module adds its subcommands
+(``add_commands(subparsers)``); they run the same engines as the agent's ops, on the same
+options, so every job also runs without a hub.
 """
 
 from __future__ import annotations
@@ -13,12 +14,6 @@ import sys
 from pathlib import Path
 
 VERSION = "0.1.0"
-
-#: Agent packages whose ``cli`` module adds subcommands (``hpcsync <agent> ...``).
-AGENT_CLI_MODULES: list[str] = [
-    "hpcsync.agents.slurmsync.cli",
-    "hpcsync.agents.suprsync.cli",
-]
 
 
 def _default_site_file() -> str:
@@ -60,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub.add_parser("upgrade", help="migrate the schema to the newest revision").set_defaults(func=_cmd_db_upgrade)
     dbsub.add_parser("current", help="show the schema revision").set_defaults(func=_cmd_db_current)
 
-    for module in AGENT_CLI_MODULES:
-        importlib.import_module(module).add_commands(sub)
+    from .registry import AGENTS
+
+    for entry in AGENTS:
+        if entry.has_cli:
+            importlib.import_module(entry.cli_module).add_commands(sub)
     return parser
 
 

@@ -1,12 +1,12 @@
-"""The ``ocs.plugins`` registry for hpcsync: agent class -> module.
-
-Only agents that work are listed; ``ocs-agent-cli`` finds them by the ``agent-class`` of an
-instance in the site config.
+"""The ``ocs.plugins`` registry for hpcsync: agent class -> module, derived from
+:mod:`hpcsync.agents.registry`. ``ocs-agent-cli`` finds an instance's module by the
+``agent-class`` of the instance in the site config.
 """
+
+from .registry import AGENTS
 
 package_name = "hpcsync"
 
 agents: dict[str, dict[str, str]] = {
-    "SlurmSync": {"module": "hpcsync.agents.slurmsync.agent", "entry_point": "main"},
-    "SupRsync": {"module": "hpcsync.agents.suprsync.agent", "entry_point": "main"},
+    entry.agent_class: {"module": entry.module, "entry_point": "main"} for entry in AGENTS
 }

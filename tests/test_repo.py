@@ -47,6 +47,36 @@ def test_every_registered_agent_loads_and_has_a_docs_page():
         assert (ROOT / "docs" / "agents" / f"{short}.rst").exists(), f"{agent_class} has no docs page"
 
 
+def test_the_registry_lists_every_agent_package_once_and_everything_derives_from_it():
+    from hpcsync.agents import registry
+    from hpcsync.agents.cli import build_parser
+
+    packages = sorted(p.parent.name for p in (ROOT / "agents").glob("*/agent.py"))
+    assert sorted(e.package for e in registry.AGENTS) == packages
+    assert len({e.agent_class for e in registry.AGENTS}) == len(registry.AGENTS)
+    assert set(plugin.agents) == {e.agent_class for e in registry.AGENTS}
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for entry in registry.AGENTS:
+        assert entry.has_cli == (entry.package in commands), entry
+
+
+def test_agent_modules_hold_op_declarations_only():
+    """``agent.py`` declares ops; run/stop plumbing lives in the core job runner."""
+    from hpcsync.agents import registry
+    from hpcsync.agents.core.skeleton import AgentShell, declared_ops
+
+    for entry in registry.AGENTS:
+        module = importlib.import_module(entry.module)
+        (shell,) = [v for v in vars(module).values() if isinstance(v, type) and issubclass(v, AgentShell)
+                    and v is not AgentShell]  # fmt: skip
+        ops = declared_ops(shell)
+        assert ops, entry
+        own = {n for n, v in vars(shell).items() if callable(v) and not isinstance(v, type) and not n.startswith("__")}
+        assert own == set(ops), f"{entry.agent_class} defines non-op methods: {sorted(own - set(ops))}"
+        for name in ops:
+            assert (getattr(shell, name).__doc__ or "").strip().startswith(f"{name}("), (entry, name)
+
+
 def test_ocs_finds_the_hpcsync_plugin():
     from importlib.metadata import entry_points
 

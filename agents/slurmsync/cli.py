@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpcsync.agents.core.skeleton import run_cli_job
+
 from .clock import ClusterClock
-from .options import TARGET_HELP, EngineSettings, add_engine_arguments, build_engine
+from .options import TARGET_HELP, SlurmSyncOptions, add_engine_arguments
 
 # Seed script name of each subcommand (token file and log file names).
 _SCRIPT = {"reverse-sync": "reverse_sync", "running-jobs": "sync_running_jobs", "full-sync": "full_sync"}
@@ -66,16 +68,24 @@ def _window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-jobs", type=int, default=0, help="push at most this many jobs (default 0: all)")
 
 
-def _engine(args: argparse.Namespace):
+def _run(args: argparse.Namespace, operation: str, dry_run: bool, job):
+    """Run ``job(engine)`` as the agent's op would (same options, engine and run record)."""
     token = args.token_file or f"{_SCRIPT[args.slurmsync_command]}_{args.target or 'target'}.conf"
-    settings = EngineSettings.from_args(args, token_file=token)
+    options = SlurmSyncOptions.from_args(args, token_file=token, log_dir=args.log_dir, instance_id="cli")
 
-    def progress(**fields) -> None:
+    def progress(fields: dict) -> None:
         activity = fields.get("activity")
         if activity and sys.stderr.isatty():
             print(f"\r{activity[:70]:<70}", end="", file=sys.stderr, flush=True)
 
-    return build_engine(settings, progress=progress, instance_id="cli")
+    return run_cli_job(
+        options,
+        lambda ctx: job(ctx.engine),
+        agent_class="SlurmSync",
+        operation=operation,
+        dry_run=dry_run,
+        progress=progress,
+    )
 
 
 def _times(args: argparse.Namespace) -> dict:
@@ -96,30 +106,29 @@ def _finish(report) -> int:
 
 
 def _cmd_reverse_sync(args: argparse.Namespace) -> int:
-    engine = _engine(args)
-    report = engine.record("reverse_sync", not args.apply, lambda: engine.reverse_sync(apply=args.apply))
+    report = _run(args, "reverse_sync", not args.apply, lambda engine: engine.reverse_sync(apply=args.apply))
     for command in report.commands:
         print(command)
     return _finish(report)
 
 
 def _cmd_running_jobs(args: argparse.Namespace) -> int:
-    engine = _engine(args)
     times = _times(args)
-    report = engine.record(
+    report = _run(
+        args,
         "sync_running_jobs",
         not args.push,
-        lambda: engine.sync_running_jobs(push=args.push, max_jobs=args.max_jobs, **times),
+        lambda engine: engine.sync_running_jobs(push=args.push, max_jobs=args.max_jobs, **times),
     )
     return _finish(report)
 
 
 def _cmd_full_sync(args: argparse.Namespace) -> int:
-    engine = _engine(args)
     times = _times(args)
-    report = engine.record(
+    report = _run(
+        args,
         "full_sync",
         not args.push,
-        lambda: engine.full_sync(push=args.push, max_jobs=args.max_jobs, resume=not args.restart, **times),
+        lambda engine: engine.full_sync(push=args.push, max_jobs=args.max_jobs, resume=not args.restart, **times),
     )
     return _finish(report)

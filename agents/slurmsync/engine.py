@@ -35,7 +35,7 @@ from hpcsync.agents.core.errors import USER_ERRORS
 from hpcsync.agents.core.http import ApiAuthError, ApiUnavailable
 from hpcsync.agents.core.secrets import Secret
 from hpcsync.db import Database
-from hpcsync.db.runs import get_cursor, record_run, set_cursor
+from hpcsync.db.runs import get_cursor, set_cursor
 
 from .bookkeeping import BookkeepingLog
 from .clock import ClusterClock, api_time
@@ -108,9 +108,34 @@ class SyncReport:
     def elapsed(self) -> float:
         return (self.finished_at or time.time()) - self.started_at
 
+    @property
+    def stopped(self) -> bool:
+        """Ended early on purpose (limit reached, stop requested): the run ledger says so."""
+        return self.ok and not self.complete
+
+    @property
+    def degraded(self) -> bool:
+        """Jobs the API refused or that could not be sent leave the op degraded."""
+        return not self.ok or bool(self.rejected or self.failed)
+
     def note_problem(self, text: str) -> None:
         if len(self.problems) < MAX_EXAMPLES:
             self.problems.append(text)
+
+    def cycle_summary(self) -> dict[str, Any]:
+        """What the ``run`` process shows of its last cycle."""
+        return {
+            "listed_running": self.listed_running,
+            "pushed": self.pushed,
+            "to_push": self.to_push,
+            "still_running": self.still_running,
+        }
+
+    def feed_records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        data: dict[str, Any] = {"ok": int(self.ok), "elapsed_s": round(self.elapsed, 3),
+                                "api_requests": self.api_requests}  # fmt: skip
+        data.update({f"jobs_{k}": v for k, v in self.summary()["jobs"].items()})
+        return [("sync_stats", self.operation, data)]
 
     def summary(self) -> dict[str, Any]:
         """Small and JSON-safe: what ``session.data`` and the run ledger keep."""
@@ -222,6 +247,12 @@ class ReverseSyncReport:
     @property
     def ok(self) -> bool:
         return self.error is None and not self.set_failed
+
+    def feed_records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        elapsed = round((self.finished_at or time.time()) - self.started_at, 3)
+        data = {"ok": int(self.ok), "elapsed_s": elapsed, "api_requests": self.api_requests,
+                "limits_to_change": len(self.changes)}  # fmt: skip
+        return [("sync_stats", "reverse_sync", data)]
 
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -694,24 +725,6 @@ class SlurmSyncEngine:
 
     def _run_context(self, report: SyncReport):
         return _RunContext(self, report)
-
-    def record(self, operation: str, dry_run: bool, job: Callable[[], Any]) -> Any:
-        """Run ``job`` inside an ``agent_runs`` row (intent before, outcome after)."""
-        with record_run(
-            self.db, agent_class=self.agent_class, instance_id=self.instance_id, operation=operation, dry_run=dry_run
-        ) as run:
-            try:
-                report = job()
-            finally:
-                self.close()
-            run.summary = report.summary()
-            if not report.ok:
-                run.status = "failed"
-                run.message = report.message()
-            elif isinstance(report, SyncReport) and not report.complete:
-                run.status = "stopped"
-                run.message = report.message()
-            return report
 
 
 def _printable(text: str) -> str:

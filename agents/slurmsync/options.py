@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.jobs import JobContext
 from hpcsync.agents.core.secrets import load_secret
+from hpcsync.agents.core.skeleton import AgentOptions
 from hpcsync.db import Database, default_url, open_database
 
 from .clock import ClusterClock
@@ -79,9 +83,27 @@ def add_engine_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     )
 
 
+def add_agent_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The agent's own options (site-config ``arguments:``), besides the engine's."""
+    parser.add_argument("--target", help=TARGET_HELP)
+    add_engine_arguments(parser)
+    parser.add_argument(
+        "--sync-log-dir",
+        help="directory for the book-keeping logs (<op>_<target>[_debug].log) and the reverse-sync command file "
+        "(default: <site log-dir>/slurmsync-<instance-id>)",
+    )
+    parser.add_argument(
+        "--interval", type=float, default=3600.0, help="seconds between syncs of the run process (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--run-push", action="store_true", help="the run process pushes updates (default: it only logs them)"
+    )
+    parser.add_argument("--auto-run", action="store_true", help="start the run process when the agent starts")
+
+
 @dataclass
-class EngineSettings:
-    """The resolved-at-run-time settings of one SlurmSync target."""
+class SlurmSyncOptions(AgentOptions):
+    """The settings of one SlurmSync target, resolved into an engine when a job starts."""
 
     target: str | None
     profile_file: str | None = None
@@ -100,17 +122,57 @@ class EngineSettings:
     api_retries: int = 4
     api_backoff: float = 1.0
     command_timeout: float = 300.0
+    #: the run process: seconds between cycles, and whether its cycles push
+    interval: float = 3600.0
+    run_push: bool = False
+    instance_id: str = "cli"
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **overrides) -> EngineSettings:
+    def add_arguments(cls, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        add_agent_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **overrides) -> SlurmSyncOptions:
         names = cls.__dataclass_fields__
-        values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+        values = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+        instance_id = getattr(args, "instance_id", None) or "slurmsync"
+        values.setdefault("instance_id", instance_id)
+        if getattr(args, "sync_log_dir", None):
+            values["log_dir"] = args.sync_log_dir
+        elif getattr(args, "log_dir", None):
+            values["log_dir"] = f"{args.log_dir}/slurmsync-{instance_id}"
+        else:
+            values.setdefault("log_dir", default_log_dir(instance_id))
         values.update(overrides)
         return cls(**values)
 
+    def build_engine(self, ctx: JobContext, database: Callable[[], Database]) -> SlurmSyncEngine:
+        return build_engine(
+            self,
+            db=database(),
+            cancel=ctx.cancel,
+            progress=ctx.progress,
+            agent_class="SlurmSync",
+            instance_id=self.instance_id,
+        )
+
+    def window(self, params: dict) -> dict[str, datetime | None]:
+        """An op's ``start``/``end`` parameters as times (cluster time zone unless an offset is given)."""
+        clock = ClusterClock(self.cluster_tz)
+        return {key: clock.parse_user_time(params[key], key) if params.get(key) else None for key in ("start", "end")}
+
+
+def is_time(value: str) -> bool:
+    """A parameter check: ``value`` reads as an operator's time (see ``ClusterClock``)."""
+    try:
+        ClusterClock(None).parse_user_time(value, "time")
+    except ConfigError:
+        return False
+    return True
+
 
 def build_engine(
-    settings: EngineSettings,
+    settings: SlurmSyncOptions,
     *,
     db: Database | None = None,
     cancel: threading.Event | None = None,

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 from hpcsync.db.suprsync import (
@@ -89,10 +90,10 @@ def add_commands(subparsers) -> None:
                      help="socs rows with this many failed attempts become failed (default: %(default)s)")  # fmt: skip
     imp.set_defaults(func=_cmd_import)
 
-    from .agent import make_parser
+    from .options import SupRsyncOptions
 
     run = sub.add_parser("run", help="run the copy loop without a hub (the agent's run process)")
-    make_parser(run)
+    SupRsyncOptions.add_arguments(run)
     run.add_argument("--instance-id", default="suprsync-cli", help="names finalization files (default: %(default)s)")
     run.add_argument("--once", action="store_true", help="one iteration, then exit (status 1 if it failed)")
     run.set_defaults(func=_cmd_run)
@@ -240,40 +241,24 @@ def _cmd_import(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from hpcsync.agents.core.opstate import StopFlag
+    from hpcsync.agents.core.jobs import JobContext
 
-    from .backends import make_backend
-    from .copier import CopySettings
-    from .engine import EngineSettings, SupRsyncEngine
+    from .options import SupRsyncOptions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    backend = make_backend(
-        args.remote_basedir, ssh_host=args.ssh_host, ssh_key=args.ssh_key, ssh_port=args.ssh_port,
-        known_hosts=args.ssh_known_hosts, host_key_checking=args.ssh_host_key_checking,
-        connect_timeout=args.ssh_connect_timeout, compress=args.compression, bwlimit=args.bwlimit,
-        chmod=args.chmod or None,
-    )  # fmt: skip
-    copy = CopySettings(args.archive_name, max_copy_attempts=args.max_copy_attempts,
-                        files_per_batch=args.files_per_batch, max_batch_bytes=int(args.max_batch_mb * 2**20),
-                        copy_timeout=args.copy_timeout,
-                        cmd_timeout=args.cmd_timeout)  # fmt: skip
-    settings = EngineSettings(args.archive_name, args.suprsync_file_root, args.instance_id,
-                              delete_after=args.delete_local_after, copy=copy)  # fmt: skip
-    stop = StopFlag()
-    engine = SupRsyncEngine(lambda: SupRsyncFilesManager(args.db_path), backend, settings, cancel=stop.event)
+    options = SupRsyncOptions.from_args(args)
+    ctx = JobContext("run", threading.Event())
+    engine = options.build_engine(ctx, options.open_database)
     try:
         while True:
             report = engine.iterate()
-            last = report.last_copy()
-            summary = {"last_copy": {k: v for k, v in last.items() if k != "files"},
-                       "archive_stats": report.archive_stats, "errors": report.errors}  # fmt: skip
-            print(json.dumps(summary, default=str))
+            print(json.dumps(report.summary(), default=str))
             if args.once:
                 return 0 if report.ok else 1
             if not report.more_work:
-                stop.sleep(args.sleep_time)
+                ctx.sleep(options.sleep_time)
     except KeyboardInterrupt:
-        stop.stop()
+        ctx.cancel.set()
         return 130
 
 

@@ -39,6 +39,8 @@ COUNTERS = (
 )  # fmt: skip
 #: How often timecode dirs are (re)created from files registered in the last week (socs: 6 h).
 TCDIR_REFRESH_INTERVAL = 6 * 3600.0
+#: transfer_stats is published at most this often.
+TRANSFER_STATS_INTERVAL = 60.0
 #: The copy step keeps taking full batches for at most this long before the loop moves on
 #: to deletion and finalization (a large backlog must not starve them).
 COPY_STEP_BUDGET = 60.0
@@ -68,6 +70,13 @@ class IterationReport:
     errors: list[str] = field(default_factory=list)
     unreachable: bool = False
     more_work: bool = False
+    #: filled by the engine at the end of the iteration
+    archive: str = ""
+    destination: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+    shown_copy: dict[str, Any] = field(default_factory=dict)
+    last_error: dict[str, Any] | None = None
+    transfer_stats_due: bool = False
 
     @property
     def ok(self) -> bool:
@@ -79,6 +88,38 @@ class IterationReport:
             if b.size:
                 return b.as_session()
         return {"start_time": self.start_time, "stop_time": self.stop_time, "files": []}
+
+    def message(self) -> str:
+        verified = sum(b.verified for b in self.batches)
+        failed = sum(b.failed + b.missing for b in self.batches)
+        text = f"{self.archive}: {verified} files copied and verified, {failed} failed"
+        if not self.ok:
+            text += f"; {(self.last_error or {}).get('message') or 'destination unreachable'}"
+        return text
+
+    def summary(self) -> dict[str, Any]:
+        return {"last_copy": {k: v for k, v in self.shown_copy.items() if k != "files"},
+                "archive_stats": self.archive_stats, "errors": self.errors}  # fmt: skip
+
+    def session_fields(self) -> dict[str, Any]:
+        """What the ``run`` process shows (socs's session.data, plus ``last_error``)."""
+        fields: dict[str, Any] = {"archive_name": self.archive, "destination": self.destination,
+                                  "counters": self.counters, "last_copy": self.shown_copy}  # fmt: skip
+        if self.archive_stats is not None:
+            fields["archive_stats"] = {self.archive: self.archive_stats}
+        if not self.ok:
+            fields["last_error"] = self.last_error
+        return fields
+
+    def feed_records(self) -> list[tuple[str, str, dict[str, Any]]]:
+        records = []
+        if self.archive_stats is not None:
+            records.append(("archive_stats", self.archive, self.archive_stats))
+        if self.transfer_stats_due:
+            rates = [b.rate for b in self.batches if b.verified]
+            records.append(("transfer_stats", "transfer_stats",
+                            {**self.counters, "files_per_s": float(max(rates)) if rates else 0.0}))  # fmt: skip
+        return records
 
 
 class SupRsyncEngine:
@@ -102,6 +143,8 @@ class SupRsyncEngine:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.last_error: dict[str, Any] | None = None
         self._last_tcdir_refresh = 0.0
+        self._shown_copy: dict[str, Any] = {}
+        self._next_transfer_stats = 0.0
 
     @property
     def manager(self) -> SupRsyncFilesManager:
@@ -124,6 +167,21 @@ class SupRsyncEngine:
             report.archive_stats = self._step(report, "idle", lambda: self.manager.get_archive_stats(s.archive))
         self.on_activity("idle")
         report.stop_time = time.time()
+        return self._close_report(report)
+
+    def _close_report(self, report: IterationReport) -> IterationReport:
+        report.archive = self.settings.archive
+        report.destination = self.backend.describe()
+        report.counters = dict(self.counters)
+        report.last_error = self.last_error
+        # An idle iteration keeps the last batch with files shown (ocs-web shows session.data).
+        if any(b.size for b in report.batches) or not self._shown_copy:
+            self._shown_copy = report.last_copy()
+        report.shown_copy = self._shown_copy
+        now = time.time()
+        if now >= self._next_transfer_stats:
+            report.transfer_stats_due = True
+            self._next_transfer_stats = now + TRANSFER_STATS_INTERVAL
         return report
 
     # -- steps ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hpcsync.agents.core import daemon  # noqa: E402
 from hpcsync.agents.slurmsync.clock import ClusterClock  # noqa: E402
-from hpcsync.agents.slurmsync.options import EngineSettings, build_engine  # noqa: E402
+from hpcsync.agents.slurmsync.options import SlurmSyncOptions, build_engine  # noqa: E402
 from hpcsync.agents.slurmsync.slurm import parse_sacct_output  # noqa: E402
 from services import free_port  # noqa: E402
 
@@ -145,7 +145,7 @@ def main() -> int:
         token.chmod(0o600)
 
         def engine():
-            settings = EngineSettings(
+            settings = SlurmSyncOptions(
                 target="bench", profile_file=str(profile), token_file=str(token), sacct_file=str(dump),
                 cluster_tz=ZONE, db=f"sqlite:///{tmp / 'ledger.db'}", log_dir=str(tmp / "logs"), workers=args.workers,
             )  # fmt: skip

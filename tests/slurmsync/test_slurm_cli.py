@@ -9,7 +9,7 @@ import pytest
 
 from hpcsync.agents.cli import main as hpcsync_main
 from hpcsync.agents.slurmsync.clock import ClusterClock
-from hpcsync.agents.slurmsync.options import EngineSettings, build_engine
+from hpcsync.agents.slurmsync.options import SlurmSyncOptions, build_engine
 from hpcsync.agents.slurmsync.slurm import SACCT_FORMAT, SacctDump, Slurm
 
 from .conftest import (
@@ -72,7 +72,7 @@ def _cost(row: dict) -> Decimal:
 def _array_engine(slurm, emulator, tmp_path):
     """A SlurmSync engine on the real cluster's sacct, against an emulator that knows only ic_gamma."""
     seed_array_world(emulator, slurm.uids[ALICE])
-    settings = EngineSettings(
+    settings = SlurmSyncOptions(
         target="testbrc",
         profile_file=str(write_profile(tmp_path / "profiles.yaml", emulator.api_url)),
         token_file=f"file:{write_token(tmp_path / 'token')}",

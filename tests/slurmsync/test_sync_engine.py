@@ -15,7 +15,7 @@ import requests
 from sqlalchemy import select
 
 from hpcsync.agents.cli import main as hpcsync_main
-from hpcsync.agents.slurmsync.options import EngineSettings, build_engine
+from hpcsync.agents.slurmsync.options import SlurmSyncOptions, build_engine
 from hpcsync.agents.slurmsync.slurm import Slurm
 from hpcsync.agents.testing.coldfront import ColdFrontEmulator
 from hpcsync.db import open_database
@@ -64,7 +64,7 @@ class World:
         self.dump.write_text("\n".join(lines) + "\n")
 
     def engine(self, **overrides):
-        settings = EngineSettings(
+        settings = SlurmSyncOptions(
             target="testbrc",
             profile_file=str(self.profile),
             token_file=f"file:{self.token}",

@@ -53,7 +53,7 @@ def test_last_copy_keeps_the_last_batch_with_files_and_feeds_are_valid_records(l
     try:
         wait_for(lambda: session.data.get("counters", {}).get("iterations", 0) >= 3, "three iterations")
     finally:
-        suprsync._stop_run(session)
+        suprsync.jobs.stop("run")
         thread.join(10)
     data = session.data
     assert data["activity"] == "stopped" and data["counters"]["copies"] == 1

@@ -1,0 +1,61 @@
+"""The one list of hpcsync's agents. Everything else that lists agents derives from it:
+
+- ``agents/plugin.py``: the ``ocs.plugins`` registry (agent class -> module), which
+  ``ocs-agent-cli`` reads to start an instance;
+- the ``hpcsync`` command: one ``hpcsync <package> ...`` subcommand group per agent with a
+  ``cli`` module;
+- the docs: ``docs/agents/index.rst`` lists one page per agent, ``docs/agents/<package>.rst``.
+
+Adding an agent means adding one :class:`AgentEntry` here (see ``docs/developers.rst``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AgentEntry:
+    """One agent: its OCS class name, its package under ``agents/`` and what it does."""
+
+    agent_class: str
+    package: str
+    summary: str
+    #: the package has ``cli.py`` with ``add_commands(subparsers)``
+    has_cli: bool = True
+
+    @property
+    def module(self) -> str:
+        """The module ``ocs-agent-cli`` imports (it has ``make_parser`` and ``main``)."""
+        return f"hpcsync.agents.{self.package}.agent"
+
+    @property
+    def cli_module(self) -> str:
+        return f"hpcsync.agents.{self.package}.cli"
+
+    @property
+    def docs_page(self) -> str:
+        """The agent's page, relative to ``docs/``."""
+        return f"agents/{self.package}"
+
+
+AGENTS: tuple[AgentEntry, ...] = (
+    AgentEntry(
+        "SupRsync",
+        "suprsync",
+        "keep a local directory synced to a remote over rsync/ssh from a ledger of registered files; "
+        "verify by md5; delete local copies after a delay; finalize timecode directories",
+    ),
+    AgentEntry(
+        "SlurmSync",
+        "slurmsync",
+        "reconcile Slurm accounting (sacct/sacctmgr) with a ColdFront/myBRC/myLRC allocation API; dry run by default",
+    ),
+)
+
+
+def by_class(agent_class: str) -> AgentEntry:
+    for entry in AGENTS:
+        if entry.agent_class == agent_class:
+            return entry
+    raise KeyError(f"no hpcsync agent class {agent_class!r}; known: {', '.join(e.agent_class for e in AGENTS)}")
