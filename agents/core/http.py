@@ -1,19 +1,35 @@
 """HTTP for agents that talk to remote web APIs: timeouts, bounded retries, clear errors.
 
-:class:`ApiClient` wraps a :class:`requests.Session`. Connection errors, timeouts and 5xx
-answers are retried a bounded number of times with exponential backoff; 401/403 raise
-:class:`ApiAuthError` at once with a message an operator can act on. The credential is kept
-in a header and never appears in an error message, log line or ``repr``.
+One policy for every call (:class:`RetryPolicy`): a timeout per request; connection errors,
+timeouts and 5xx answers retried a bounded number of times with doubling backoff (a stop
+request ends the wait at once); 401/403 raise :class:`ApiAuthError` at once with a message
+an operator can act on; other 4xx raise :class:`ApiError` with the body's first line. The
+credential is kept in a header and never appears in an error message, log line or ``repr``.
+
+Two transports follow it:
+
+- :class:`ApiClient` (``requests``): reads, pagination, anything that needs ``requests``'
+  features (proxies from the environment, redirects);
+- :func:`json_sender`: many small JSON writes (tens of thousands of upserts) over one
+  persistent HTTP/1.1 connection per thread with :mod:`http.client`. Through ``requests``
+  each call costs about 0.5 ms of client CPU (session merging, proxy lookup, urllib3
+  pools), five times what an API spends on it; this path skips that. Where a proxy applies
+  to the URL it falls back to ``requests``, which honours it.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import os
+import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urljoin, urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 import requests
 
@@ -39,10 +55,66 @@ class ApiUnavailable(ApiError):
     """The API could not be reached or kept failing with 5xx/timeouts."""
 
 
+T = TypeVar("T")
+
+
+class Retry(Exception):
+    """One attempt failed in a way worth trying again (connection error, timeout, 5xx)."""
+
+
 def _strip_query(url: str) -> str:
     # Some APIs take tokens in the query string; never echo it.
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class RetryPolicy:
+    """Timeouts and bounded, cancellable retries: the rule every HTTP call here follows."""
+
+    def __init__(
+        self, *, timeout: float = 30.0, retries: int = 4, backoff: float = 1.0, cancel: threading.Event | None = None
+    ):
+        self.timeout = timeout
+        self.retries = max(0, int(retries))
+        self.backoff = backoff
+        self.cancel = cancel
+
+    def call(self, shown: str, attempt: Callable[[], T], *, url: str | None = None) -> T:
+        """``attempt()`` until it returns; it raises :class:`Retry` for a transient failure."""
+        delay = self.backoff
+        problem = ""
+        for number in range(self.retries + 1):
+            if number:
+                log.warning("%s: %s; retry %d of %d in %.1f s", shown, problem, number, self.retries, delay)
+                if self.wait(delay):
+                    raise ApiUnavailable(f"{shown}: stopped while retrying ({problem})", url=url)
+                delay = min(delay * 2, 30.0)
+            try:
+                return attempt()
+            except Retry as exc:
+                problem = str(exc)
+        raise ApiUnavailable(f"{shown}: gave up after {self.retries + 1} tries: {problem}", url=url)
+
+    def check_status(self, shown: str, status: int, reason: str, excerpt: Callable[[], str], url: str | None) -> None:
+        """Raise for an answer that is not a success: :class:`Retry` for 5xx, errors for 4xx."""
+        if status in (401, 403):
+            raise ApiAuthError(
+                f"{shown}: HTTP {status} {reason}: the API token was refused (check that the token file holds "
+                "a valid, unexpired token of a user with the needed permission)",
+                status=status,
+                url=url,
+            )
+        if status in RETRY_STATUSES:
+            raise Retry(f"HTTP {status} {reason}")
+        if status >= 400:
+            raise ApiError(f"{shown}: HTTP {status} {reason}: {excerpt()}", status=status, url=url)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds``; True (at once) if the run was asked to stop."""
+        if self.cancel is not None:
+            return self.cancel.wait(seconds)
+        time.sleep(seconds)
+        return False
 
 
 class ApiClient:
@@ -70,10 +142,8 @@ class ApiClient:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"API base URL {base_url!r} must start with http:// or https://")
         self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.policy = RetryPolicy(timeout=timeout, retries=retries, backoff=backoff, cancel=cancel)
         self.timeout = timeout
-        self.retries = max(0, int(retries))
-        self.backoff = backoff
-        self.cancel = cancel
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": "application/json", **(headers or {})})
         self.requests_made = 0
@@ -91,42 +161,19 @@ class ApiClient:
         """Send one request; retry transient failures; raise :class:`ApiError` on failure."""
         url = self.url(path)
         shown = f"{method} {_strip_query(url)}"
-        delay = self.backoff
-        last_problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                log.warning("%s: %s; retry %d of %d in %.1f s", shown, last_problem, attempt, self.retries, delay)
-                if self._wait(delay):
-                    raise ApiUnavailable(f"{shown}: stopped while retrying ({last_problem})", url=url)
-                delay = min(delay * 2, 30.0)
+
+        def attempt() -> requests.Response:
             self.requests_made += 1
             try:
                 resp = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except requests.Timeout:
-                last_problem = f"no answer within {self.timeout:g} s"
-                continue
+                raise Retry(f"no answer within {self.timeout:g} s") from None
             except requests.ConnectionError as exc:
-                last_problem = f"cannot connect ({type(exc).__name__})"
-                continue
-            if resp.status_code in (401, 403):
-                raise ApiAuthError(
-                    f"{shown}: HTTP {resp.status_code} {resp.reason}: the API token was refused "
-                    "(check that the token file holds a valid, unexpired token of a user with "
-                    "the needed permission)",
-                    status=resp.status_code,
-                    url=url,
-                )
-            if resp.status_code in RETRY_STATUSES:
-                last_problem = f"HTTP {resp.status_code} {resp.reason}"
-                continue
-            if resp.status_code >= 400:
-                raise ApiError(
-                    f"{shown}: HTTP {resp.status_code} {resp.reason}: {_body_excerpt(resp)}",
-                    status=resp.status_code,
-                    url=url,
-                )
+                raise Retry(f"cannot connect ({type(exc).__name__})") from None
+            self.policy.check_status(shown, resp.status_code, resp.reason, lambda: _body_excerpt(resp), url)
             return resp
-        raise ApiUnavailable(f"{shown}: gave up after {self.retries + 1} tries: {last_problem}", url=url)
+
+        return self.policy.call(shown, attempt, url=url)
 
     def get_json(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         resp = self.request("GET", path, params=params)
@@ -163,12 +210,6 @@ class ApiClient:
                 )
             if max_pages is not None and pages >= max_pages:
                 return
-
-    def _wait(self, seconds: float) -> bool:
-        if self.cancel is not None:
-            return self.cancel.wait(seconds)
-        time.sleep(seconds)
-        return False
 
 
 def _page_key(url: str) -> tuple:
@@ -208,3 +249,153 @@ def _body_excerpt(resp: requests.Response, limit: int = 300) -> str:
     text = (resp.text or "").strip().replace("\n", " ")
     text = redact_credentials(text, resp.request.headers if resp.request is not None else None)
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+# -- many small JSON writes ------------------------------------------------------------
+
+
+def proxy_applies(url: str) -> bool:
+    """True if the environment routes ``url`` through a proxy (HTTPS_PROXY, NO_PROXY ...)."""
+    parts = urlsplit(url)
+    proxies = getproxies()
+    return bool(proxies.get(parts.scheme) or proxies.get("all")) and not proxy_bypass(parts.hostname or "")
+
+
+class KeepAliveSender:
+    """Send JSON bodies to one API origin over a persistent connection per thread."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], policy: RetryPolicy):
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"API base URL {base_url!r} must be http:// or https://")
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.origin = f"{parts.scheme}://{parts.netloc}"
+        self.base_path = parts.path.rstrip("/") + "/"
+        self.headers = {"Content-Type": "application/json", "Accept": "application/json", **headers}
+        self.policy = policy
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[http.client.HTTPConnection] = []
+        self.requests_made = 0
+        self._ssl = None
+        if self.scheme == "https":
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            self._ssl = ssl.create_default_context(cafile=bundle or None)
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it carried a request before."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            timeout = self.policy.timeout
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._ssl)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            self._local.conn, self._local.used = conn, False
+            with self._lock:
+                self._connections.append(conn)
+        return conn, self._local.used
+
+    def _drop_connection(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+        self._local.conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+    def send(self, method: str, path: str, payload: Any) -> int:
+        """Send one request (``path`` relative to the base URL); return its 2xx/3xx status."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        target = self.base_path + path.lstrip("/")
+        shown = f"{method} {self.origin}{target.split('?', 1)[0]}"
+
+        def once() -> tuple[int, str, bytes]:
+            conn, reused = self._connection()
+            with self._lock:
+                self.requests_made += 1
+            try:
+                conn.request(method, target, body=body, headers=self.headers)
+                resp = conn.getresponse()
+                text = resp.read()
+            except TimeoutError:
+                self._drop_connection()
+                raise Retry(f"no answer within {self.policy.timeout:g} s") from None
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop_connection()
+                stale = reused and isinstance(
+                    exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+                )
+                if stale:
+                    raise _StaleConnection from None
+                raise Retry(f"cannot connect ({type(exc).__name__})") from None
+            self._local.used = True
+            if resp.getheader("Connection", "").lower() == "close":
+                self._drop_connection()
+            return resp.status, resp.reason, text
+
+        def attempt() -> int:
+            try:
+                status, reason, text = once()
+            except _StaleConnection:
+                # The server closed an idle keep-alive connection: one free try on a new one,
+                # as urllib3 does. Writes sent this way must be idempotent (upserts).
+                status, reason, text = once()
+
+            def excerpt() -> str:
+                shown_text = redact_credentials(text.decode("utf-8", "replace"), self.headers)
+                return shown_text.strip().replace("\n", " ")[:300]
+
+            self.policy.check_status(shown, status, reason, excerpt, None)
+            return status
+
+        return self.policy.call(shown, attempt)
+
+
+class _StaleConnection(Exception):
+    pass
+
+
+class RequestsSender:
+    """:class:`KeepAliveSender`'s interface over ``requests`` (one client per thread), for
+    URLs that a proxy from the environment applies to."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], policy: RetryPolicy):
+        self.base_url = base_url
+        self.headers = dict(headers)
+        self.policy = policy
+        self._local = threading.local()
+        self._clients: list[ApiClient] = []
+        self._lock = threading.Lock()
+
+    @property
+    def requests_made(self) -> int:
+        with self._lock:
+            return sum(c.requests_made for c in self._clients)
+
+    def send(self, method: str, path: str, payload: Any) -> int:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            p = self.policy
+            client = ApiClient(self.base_url, headers=self.headers, timeout=p.timeout, retries=p.retries,
+                               backoff=p.backoff, cancel=p.cancel)  # fmt: skip
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client.request(method, path.lstrip("/"), json=payload).status_code
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients:
+                client.session.close()
+
+
+def json_sender(base_url: str, headers: Mapping[str, str], policy: RetryPolicy) -> KeepAliveSender | RequestsSender:
+    """The sender for many small JSON writes to ``base_url`` (see the module docstring)."""
+    if proxy_applies(base_url):
+        return RequestsSender(base_url, headers, policy)
+    return KeepAliveSender(base_url, headers, policy)

@@ -3,8 +3,8 @@
 Built on :class:`hpcsync.agents.core.http.ApiClient` (timeouts, bounded retries on 5xx and
 timeouts, :class:`ApiAuthError` on 401/403). Lists follow every ``next`` link, each page
 once (the original scripts fetched page 1 twice, built ``/api//jobs`` and stopped silently
-after 50 pages). Job upserts go out concurrently through :class:`~.upload.JsonSender`, one
-persistent connection per worker thread.
+after 50 pages). Job upserts go out concurrently through
+:func:`hpcsync.agents.core.http.json_sender`, one persistent connection per worker thread.
 
 The token file holds what the seed's config files held: ``Token <key>`` (a bare key is
 accepted and prefixed). The header value lives only in the sessions' headers.
@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from hpcsync.agents.core.http import ApiAuthError, ApiClient, ApiError, ApiUnavailable
+from hpcsync.agents.core.http import ApiAuthError, ApiClient, ApiError, ApiUnavailable, RetryPolicy, json_sender
 from hpcsync.agents.core.secrets import Secret
-
-from .upload import JsonSender, proxy_applies
 
 SERVICE_UNITS = "Service Units"
 
@@ -72,9 +70,7 @@ class ColdFrontApi:
         self._local = threading.local()
         self._clients: list[ApiClient] = []
         self._clients_lock = threading.Lock()
-        self._base_path = urlsplit(base_url).path.rstrip("/") + "/"
-        # Writes go through the lean sender unless a proxy must be honoured (requests does).
-        self._sender = None if proxy_applies(base_url) else JsonSender(base_url, self._header, **self._options)
+        self._sender = json_sender(base_url, self._header, RetryPolicy(**self._options))
 
     def __repr__(self) -> str:
         return f"ColdFrontApi({self.base_url!r})"
@@ -94,14 +90,13 @@ class ColdFrontApi:
     def requests_made(self) -> int:
         with self._clients_lock:
             made = sum(c.requests_made for c in self._clients)
-        return made + (self._sender.requests_made if self._sender else 0)
+        return made + self._sender.requests_made
 
     def close(self) -> None:
         with self._clients_lock:
             for client in self._clients:
                 client.session.close()
-        if self._sender:
-            self._sender.close()
+        self._sender.close()
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -172,10 +167,7 @@ class ColdFrontApi:
         jobslurmid = payload["jobslurmid"]
         path = f"jobs/{quote(jobslurmid, safe='')}/"
         try:
-            if self._sender is not None:
-                status = self._sender.send("PUT", self._base_path + path, payload)
-            else:
-                status = self.client.request("PUT", path, json=payload).status_code
+            status = self._sender.send("PUT", path, payload)
         except ApiAuthError as exc:
             return PushResult(jobslurmid, "auth", exc.status, str(exc))
         except ApiUnavailable as exc:
