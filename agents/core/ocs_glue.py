@@ -59,15 +59,16 @@ def start_agent(
     from ocs import ocs_agent, site_config
 
     txaio.use_twisted()
-    txaio.make_logger()
-    txaio.start_logging(level=os.environ.get("LOGLEVEL", "info"))
-
     parser = make_parser(None)
     parsed = site_config.parse_args(agent_class=agent_class, parser=parser, args=args)
     try:
         policy = access.prepare(parsed)
     except SecretError as exc:
+        # Before txaio takes over stderr: the message is the process's last line, as is.
         raise SystemExit(f"{agent_class} {parsed.instance_id}: {exc}") from None
+
+    txaio.make_logger()
+    txaio.start_logging(level=os.environ.get("LOGLEVEL", "info"))
     agent, runner = ocs_agent.init_site_agent(parsed)
     access.apply(agent, parsed, policy)
     agent.log.info(access.describe(policy))

@@ -34,22 +34,28 @@ ADDRESS_ROOT = "observatory"
 #: Default of :meth:`Hub.start_agent` and :meth:`Hub.client`: the harness's policy/password.
 HARNESS = object()
 
-#: A WAMP caller over ``/ws`` (asyncio autobahn, as ocs-web uses autobahn-js); request on
-#: stdin as JSON ``{"procedure", "args", "kwargs"}``, reply on stdout as JSON.
-_WAMP_CALLER = r"""
+#: A WAMP client over ``/ws`` (asyncio autobahn; ocs-web uses autobahn-js): request on
+#: stdin as JSON ``{"action": "call"|"publish", "uri", "args", "kwargs"}``, reply on stdout.
+_WAMP_CLIENT = r"""
 import asyncio, json, sys
 import txaio
 txaio.use_asyncio()
 from autobahn.asyncio.wamp import ApplicationRunner, ApplicationSession
+from autobahn.wamp.types import PublishOptions
 
 url, realm = sys.argv[1:3]
 request = json.load(sys.stdin)
 reply = {}
 
-class Caller(ApplicationSession):
+class Client(ApplicationSession):
     async def onJoin(self, details):
         try:
-            reply["result"] = await self.call(request["procedure"], *request["args"], **request["kwargs"])
+            if request["action"] == "call":
+                reply["result"] = await self.call(request["uri"], *request["args"], **request["kwargs"])
+            else:
+                options = PublishOptions(acknowledge=True, exclude_me=True)
+                await self.publish(request["uri"], *request["args"], options=options, **request["kwargs"])
+                reply["result"] = None
         except Exception as exc:
             reply["error"] = f"{type(exc).__name__}: {exc}"
         self.leave()
@@ -57,7 +63,7 @@ class Caller(ApplicationSession):
     def onDisconnect(self):
         asyncio.get_event_loop().stop()
 
-ApplicationRunner(url, realm).run(Caller)
+ApplicationRunner(url, realm).run(Client)
 print(json.dumps(reply))
 """
 
@@ -195,9 +201,16 @@ class Hub:
         Returns the result; raises :class:`ServiceError` with the router's error otherwise.
         The request travels on stdin, so no password shows in the caller's argv either.
         """
-        request = json.dumps({"procedure": procedure, "args": list(args), "kwargs": dict(kwargs or {})})
+        return self._wamp("call", procedure, args, kwargs, timeout)
+
+    def wamp_publish(self, topic: str, args: list, kwargs: dict | None = None, timeout: float = 30.0) -> None:
+        """Publish an event on ``topic`` over ``/ws``, as any client of the hub could."""
+        self._wamp("publish", topic, args, kwargs, timeout)
+
+    def _wamp(self, action: str, uri: str, args: list, kwargs: dict | None, timeout: float):
+        request = json.dumps({"action": action, "uri": uri, "args": list(args), "kwargs": dict(kwargs or {})})
         proc = subprocess.run(
-            [sys.executable, "-c", _WAMP_CALLER, self.ws_url, REALM],
+            [sys.executable, "-c", _WAMP_CLIENT, self.ws_url, REALM],
             input=request,
             capture_output=True,
             text=True,
@@ -205,10 +218,10 @@ class Hub:
         )
         lines = proc.stdout.strip().splitlines()
         if proc.returncode != 0 or not lines:
-            raise ServiceError(f"WAMP caller failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            raise ServiceError(f"WAMP {action} failed ({proc.returncode}): {proc.stderr[-2000:]}")
         reply = json.loads(lines[-1])
         if "error" in reply:
-            raise ServiceError(f"{procedure}: {reply['error']}")
+            raise ServiceError(f"{uri}: {reply['error']}")
         return reply["result"]
 
     def stop_agents(self) -> None:
