@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -302,14 +303,111 @@ def test_crossbar_config_binds_loopback_and_limits_roles():
     assert all(p["uri"] == "obs." for p in roles.values())
 
 
-def test_no_secret_reaches_argv_of_children(tmp_path, monkeypatch):
-    """Secrets travel by environment or file; a child's argv shows only where they live."""
-    monkeypatch.setenv("HPCSYNC_TEST_TOKEN", "Token very-secret")
-    secret = load_secret("env:HPCSYNC_TEST_TOKEN")
-    result = run_command(["sh", "-c", 'cat /proc/$$/cmdline; echo; printf %s "$HPCSYNC_TEST_TOKEN"'])
-    cmdline, value = result.stdout.split("\n", 1)
-    assert "very-secret" not in cmdline and value == secret.reveal()
-    assert os.environ["HPCSYNC_TEST_TOKEN"] == secret.reveal()
+# A stand-in for sacct/sacctmgr: appends its own argv (NUL-separated, as the kernel
+# holds it) to a record file, lingers so the sampler can see it, prints nothing.
+_RECORDING_PROGRAM = """#!/bin/sh
+{{ cat /proc/$$/cmdline; printf '\\n'; }} >> '{record}'
+sleep 0.3
+"""
+
+
+def _descendants(root: int) -> dict[int, bytes]:
+    """pid -> /proc/<pid>/cmdline of every live descendant of ``root``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat[stat.rfind(")") + 2 :].split()[1])
+    found: dict[int, bytes] = {}
+    for pid in parents:
+        ancestor = parents.get(pid)
+        while ancestor and ancestor != root:
+            ancestor = parents.get(ancestor)
+        if ancestor == root:
+            try:
+                found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.integration
+def test_no_secret_reaches_the_argv_of_any_child_an_agent_starts(hub, tmp_path):
+    """SlurmSync's real ops through the hub: every sacct/sacctmgr it runs, and every other
+    descendant seen while they run, shows neither the API token nor the access password."""
+    import secrets
+
+    from hpcsync.agents.testing.coldfront import ColdFrontEmulator
+
+    token, password = f"tok{secrets.token_hex(20)}", f"pw{secrets.token_hex(16)}"
+    record = tmp_path / "argv.record"
+    programs = {}
+    for name in ("sacct", "sacctmgr"):
+        programs[name] = tmp_path / name
+        programs[name].write_text(_RECORDING_PROGRAM.format(record=record))
+        programs[name].chmod(0o755)
+    (tmp_path / "api.token").write_text(f"Token {token}\n")
+    (tmp_path / "policy").write_text(f"override:{password}\n")
+    for secret_file in ("api.token", "policy"):
+        (tmp_path / secret_file).chmod(0o600)
+    emulator = ColdFrontEmulator(period_start_month=6).start()
+    emulator.seed(
+        {
+            "users": [{"username": "alice", "cluster_uid": "5001"}],
+            "tokens": [{"key": token, "username": "syncbot", "is_staff": True}],
+            "projects": [
+                {"name": "pc_alpha", "resource": "Savio Compute", "service_units": "100.00",
+                 "start_date": "2020-06-01", "users": ["alice"]},
+            ],
+        }
+    )  # fmt: skip
+    (tmp_path / "profiles.yaml").write_text(
+        f"profiles:\n  testbrc:\n    extends: mybrc\n    base_url: {emulator.api_url}\n"
+        "    prices: {debug: 1, long: 1}\n"
+    )
+    instance = "slurmsync-argv"
+    agent = hub.start_agent(
+        "SlurmSync",
+        instance,
+        [
+            "--target", "testbrc", "--profile-file", str(tmp_path / "profiles.yaml"),
+            "--token-file", f"file:{tmp_path / 'api.token'}", "--db", f"sqlite:///{tmp_path / 'ledger.db'}",
+            "--sync-log-dir", str(tmp_path / "logs"), "--sacct", str(programs["sacct"]),
+            "--sacctmgr", str(programs["sacctmgr"]), "--access-policy", f"file:{tmp_path / 'policy'}",
+        ],
+    )  # fmt: skip
+    seen: dict[int, bytes] = {}
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            seen.update(_descendants(agent.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        client = hub.client(instance, privs=password)
+        for op in (client.full_sync, client.reverse_sync, client.sync_running_jobs):
+            reply = op()
+            assert reply.session["success"] is True, reply
+    finally:
+        sampling.set()
+        sampler.join(timeout=5)
+        hub.agents.pop(instance, agent).kill()
+        emulator.stop()
+
+    recorded = [line.split(b"\0") for line in record.read_bytes().splitlines() if line]
+    programs_run = {Path(argv[1].decode()).name for argv in recorded if len(argv) > 1}
+    assert programs_run == {"sacct", "sacctmgr"}, recorded
+    assert any(programs["sacct"].name.encode() in cmdline for cmdline in seen.values()), "sampler saw no child"
+    everything = b"\n".join([record.read_bytes(), *seen.values()])
+    assert b"pc_alpha" in everything  # the argv really carries the job's parameters
+    for secret in (token, password):
+        assert secret.encode() not in everything, "a secret reached a child's command line"
 
 
 def test_a_command_dies_with_the_process_that_started_it(tmp_path):
