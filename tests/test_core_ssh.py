@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from hpcsync.agents.core.process import CommandError, run_command
-from hpcsync.agents.core.ssh import SshConfigError, SshOptions, remote_command, rsync_base_argv
+from hpcsync.agents.core.ssh import SshConfigError, SshOptions, remote_command, rsync_base_argv, ssh_diagnosis
 
 HOSTILE_NAMES = [
     "with space.dat",
@@ -52,13 +52,28 @@ def test_remote_command_quotes_every_word():
     assert remote_command(["md5sum", "--", "a b", "-x"]) == "md5sum -- 'a b' -x"
 
 
-@pytest.mark.integration
+def test_ssh_diagnosis_names_the_reason_and_never_the_key():
+    changed = (
+        "@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@\n"
+        "@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n"
+        "The fingerprint for the ED25519 key sent by the remote host is\nSHA256:AbCdEfGh123.\n"
+        "Offending ED25519 key in /etc/hpcsync/known_hosts:3\nHost key verification failed.\n"
+    )
+    why = ssh_diagnosis(changed)
+    assert "CHANGED" in why and "/etc/hpcsync/known_hosts" in why and "AbCdEfGh123" not in why
+    assert "not in known_hosts" in ssh_diagnosis("Host key verification failed.\n")
+    assert "key was refused" in ssh_diagnosis("sync@h: Permission denied (publickey).\n")
+    assert "refused" in ssh_diagnosis("ssh: connect to host h port 22: Connection refused\n")
+    assert ssh_diagnosis("rsync error: some files could not be transferred (code 23)") is None
+
+
 def _client_options(sshd, known_hosts) -> SshOptions:
     return SshOptions(
         sshd.shell_destination, port=sshd.port, key_file=str(sshd.client_key), known_hosts_file=str(known_hosts)
     )
 
 
+@pytest.mark.integration
 def test_hostile_names_survive_ssh_and_rsync(sshd, tmp_path):
     src = tmp_path / "src"
     src.mkdir()

@@ -140,3 +140,39 @@ def rsync_base_argv(
         argv += ["--rsh", ssh.rsync_rsh()]
     argv += list(extra)
     return argv
+
+
+def ssh_diagnosis(stderr: str) -> str | None:
+    """One sentence saying why ssh refused or failed to connect, from its stderr.
+
+    rsync's own last line ("connection unexpectedly closed", "unexplained error (code
+    255)") hides the reason; an operator needs to know that the host key changed (a
+    possible man-in-the-middle: refused, never bypassed), is unknown, or the key was
+    refused. Key material is never quoted, only ssh's own explanation.
+    """
+    text = stderr or ""
+    lowered = text.lower()
+    known_hosts = re.search(r"Offending \S+ key in (\S+?):\d+", text)
+    where = f" (offending entry in {known_hosts.group(1)})" if known_hosts else ""
+    if "remote host identification has changed" in lowered or "has changed and you have requested strict" in lowered:
+        return (
+            "ssh refused to connect: the host key CHANGED since it was recorded" + where + "; this can be a "
+            "man-in-the-middle attack. Nothing was sent. If the host was legitimately re-keyed, replace its "
+            "entry in known_hosts"
+        )
+    if "host key verification failed" in lowered:
+        return (
+            "ssh refused to connect: the host key is not in known_hosts (host key checking is on); add it "
+            "(ssh-keyscan, checked out of band) or use --ssh-host-key-checking accept-new"
+        )
+    for marker, why in (
+        ("permission denied (publickey", "the ssh key was refused (check --ssh-key and the remote authorized_keys)"),
+        ("could not resolve hostname", "the host name does not resolve"),
+        ("connection refused", "the connection was refused (is sshd running on that port?)"),
+        ("connection timed out", "the connection timed out"),
+        ("no route to host", "there is no route to the host"),
+    ):
+        if marker in lowered:
+            line = next((x.strip() for x in text.splitlines() if marker in x.lower()), "")
+            return f"{why}: {line[:200]}"
+    return None

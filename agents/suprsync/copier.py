@@ -7,13 +7,14 @@ For each batch:
 2. each local file is stat'ed; a vanished file is one failed attempt (counted once); the md5
    is computed now if the file has none yet or its signature (size, mtime, inode, ctime)
    changed since it was hashed or registered (socs#475);
-3. one rsync sends the batch, one md5sum checks it on the destination;
+3. one ``put`` sends the batch and one ``checksum`` checks it on the destination (through a
+   :class:`~hpcsync.agents.core.transfer.Backend`: with rsync/ssh, one rsync and one md5sum);
 4. the outcome is committed in its own transaction: matching md5 -> ``copied``; anything
-   else -> one more failed attempt, ``failed`` at the limit. A failed rsync still counts the
+   else -> one more failed attempt, ``failed`` at the limit. A failed transfer still counts the
    attempts of the files it did not deliver, and never blocks the files it did.
 
-Only when the destination cannot be reached at all (ssh cannot connect, md5sum does not
-answer) is nothing counted: that is the remote's fault, not the files'. The loop reports
+Only when the destination cannot be reached at all (it cannot be connected to, or the
+checksum does not answer) is nothing counted: that is the remote's fault, not the files'. The loop reports
 it, sets ``degraded`` and tries again later.
 """
 
@@ -27,20 +28,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsync.agents.core.process import CommandCancelled
+from hpcsync.agents.core.transfer import Backend, Item, RemoteUnreachable, TransferOutcome
 
-from .backends import Backend, Item, PutOutcome, RemoteUnreachable
 from .files import CopyResult, Signature, SupRsyncError, local_signature, md5_file
 from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
 
-#: Files per batch. One rsync and one md5sum per batch cost ~50 ms of start-up and file-list
-#: exchange, which dominates small files; the byte cap below keeps big-file batches short.
+#: Files per batch. One put and one checksum per batch (with rsync/ssh: one rsync and one
+#: md5sum) cost ~50 ms of start-up and file-list exchange, which dominates small files; the
+#: byte cap below keeps big-file batches short.
 DEFAULT_FILES_PER_BATCH = 5000
 #: A batch also ends once its files add up to this many bytes (at least one file is sent).
 DEFAULT_MAX_BATCH_BYTES = 4 * 1024**3
 DEFAULT_MAX_COPY_ATTEMPTS = 5
-#: rsync of a batch may take this long plus 1 s per MB when ``--copy-timeout`` is not set.
+#: Sending a batch may take this long plus 1 s per MB when ``--copy-timeout`` is not set.
 DEFAULT_COPY_TIMEOUT = 300.0
 COPY_SECONDS_PER_BYTE = 1 / 1e6
 #: A remote command may take this long when ``--cmd-timeout`` is not set ...
@@ -86,7 +88,7 @@ class CopySettings:
             if value is not None and value <= 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be positive")
 
-    def rsync_timeout(self, nbytes: int) -> float:
+    def put_timeout(self, nbytes: int) -> float:
         if self.copy_timeout is not None:
             return float(self.copy_timeout)
         return DEFAULT_COPY_TIMEOUT + nbytes * COPY_SECONDS_PER_BYTE
@@ -112,7 +114,7 @@ class BatchReport:
     error: str | None = None
     unreachable: bool = False
     timed_out: bool = False
-    rsync_failed: bool = False
+    transfer_failed: bool = False
     stopped: bool = False
     full: bool = False
 
@@ -253,7 +255,7 @@ class Copier:
         nbytes = sum(sig[0] for _t, _m, sig in sent.sendable)
         items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sent.sendable]
         try:
-            sent.put = self.backend.put(items, timeout=self.settings.rsync_timeout(nbytes), cancel=self.cancel)
+            sent.put = self.backend.put(items, timeout=self.settings.put_timeout(nbytes), cancel=self.cancel)
         except CommandCancelled:
             report.stopped = True
         except RemoteUnreachable as exc:
@@ -322,13 +324,13 @@ class Copier:
                 return CopyResult(task.id, "changed", error="local file changed while it was hashed; sent later")
         return (task, md5, sig)
 
-    def _verify(self, sendable, put: PutOutcome, report: BatchReport) -> list[CopyResult]:
+    def _verify(self, sendable, put: TransferOutcome, report: BatchReport) -> list[CopyResult]:
         s = self.settings
         if not put.ok:
-            report.rsync_failed = True
+            report.transfer_failed = True
             report.timed_out = put.timed_out
             report.error = put.error
-            log.warning("rsync to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
+            log.warning("sending to %s failed: %s; checking which files arrived", self.backend.describe(), put.error)
         # Files that could not even be staged were not sent: nothing to ask the destination.
         results = [
             CopyResult(task.id, "failed", error=put.skipped[task.remote_path], local_md5sum=md5).set_signature(sig)
@@ -338,8 +340,8 @@ class Copier:
         if not sendable:
             return results
         nbytes = sum(sig[0] for _t, _m, sig in sendable)
-        remote = self.backend.md5sums([t.remote_path for t, _m, _s in sendable], timeout=s.md5_timeout(nbytes),
-                                      cancel=self.cancel)  # fmt: skip
+        remote = self.backend.checksum([t.remote_path for t, _m, _s in sendable], "md5",
+                                       timeout=s.md5_timeout(nbytes), cancel=self.cancel)  # fmt: skip
         for task, md5, sig in sendable:
             got = remote.get(task.remote_path)
             common = {"local_md5sum": md5, "local_size": sig.size, "local_mtime": sig.mtime, "remote_md5sum": got,
@@ -356,17 +358,17 @@ class Copier:
                 else:
                     results.append(CopyResult(task.id, "verified", **common))
             elif got is None:
-                why = put.file_errors.get(task.remote_path) or put.error or "rsync reported success"
-                results.append(CopyResult(task.id, "failed", error=f"not found on the destination after rsync ({why})",
-                                          **common))  # fmt: skip
+                why = put.file_errors.get(task.remote_path) or put.error or "the transfer reported success"
+                error = f"not found on the destination after the transfer ({why})"
+                results.append(CopyResult(task.id, "failed", error=error, **common))
             elif _changed_since(task.local_path, sig):
-                # Written to between hashing and sending (a file still growing): rsync sent
+                # Written to between hashing and sending (a file still growing): the transfer sent
                 # newer content than was hashed. Not the copy's fault: no attempt counted,
                 # hashed again and sent again next time.
                 results.append(CopyResult(task.id, "changed", error="local file changed while it was copied; "
                                           "sent again"))  # fmt: skip
             else:
-                why = f"; rsync: {put.error}" if put.error else ""
+                why = f"; transfer: {put.error}" if put.error else ""
                 results.append(
                     CopyResult(task.id, "failed", error=f"remote md5 {got} differs from local md5 {md5}{why}", **common)
                 )

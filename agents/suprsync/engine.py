@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpcsync.agents.core.process import CommandError, CommandTimeout
+from hpcsync.agents.core.transfer import Backend, RemoteUnreachable
 from hpcsync.db.engine import DatabaseError
 
-from .backends import Backend, RemoteUnreachable
 from .copier import BatchReport, Copier, CopySettings
 from .deleter import delete_files
 from .files import SupRsyncError
@@ -200,10 +200,10 @@ class SupRsyncEngine:
                 report.unreachable = True
                 self.counters["errors_unreachable"] += 1
                 self._error(batch.error or "destination unreachable")
-            elif batch.rsync_failed:
+            elif batch.transfer_failed:
                 self.counters["errors_timeout" if batch.timed_out else "errors_nonzero"] += 1
-                self._error(f"rsync failed: {batch.error}")
-                report.errors.append(batch.error or "rsync failed")
+                self._error(f"transfer failed: {batch.error}")
+                report.errors.append(batch.error or "transfer failed")
         last = batches[-1] if batches else None
         if last is not None and last.full and not (last.stopped or last.unreachable):
             report.more_work = True  # the time budget ran out with more to copy

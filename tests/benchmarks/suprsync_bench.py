@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from hpcsync.agents.core.process import run_command  # noqa: E402
 from hpcsync.agents.core.ssh import SshOptions, rsync_base_argv  # noqa: E402
-from hpcsync.agents.suprsync.backends import SshRsyncBackend  # noqa: E402
+from hpcsync.agents.core.transfer import SshRsyncBackend  # noqa: E402
 from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, CopySettings  # noqa: E402
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine  # noqa: E402
 from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager  # noqa: E402

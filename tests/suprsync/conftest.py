@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcsync.agents.suprsync.backends import LocalRsyncBackend, PutOutcome, RemoteUnreachable
+from hpcsync.agents.core.transfer import LocalRsyncBackend, RemoteUnreachable, TransferOutcome
 from hpcsync.agents.suprsync.copier import CopySettings
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
 from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
@@ -93,14 +93,14 @@ class FaultyBackend(LocalRsyncBackend):
                 path.unlink(missing_ok=True)
                 failed = True
         if failed:
-            return PutOutcome(ok=False, error="rsync exited with status 23: some files could not be transferred")
+            return TransferOutcome(ok=False, error="rsync exited with status 23: some files could not be transferred")
         return outcome
 
-    def md5sums(self, remote_paths, *, timeout, cancel=None):
+    def checksum(self, paths, kind="md5", *, timeout, cancel=None):
         if self.unreachable:
             raise RemoteUnreachable("test destination is unreachable")
         self.checks += 1
-        return super().md5sums(remote_paths, timeout=timeout, cancel=cancel)
+        return super().checksum(paths, kind, timeout=timeout, cancel=cancel)
 
 
 def make_engine(manager, backend, tmp_path, *, delete_after=None, **copy) -> SupRsyncEngine:

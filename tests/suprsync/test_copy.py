@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcsync.agents.suprsync.backends import LocalRsyncBackend, parse_md5sum_output
+from hpcsync.agents.core.transfer import LocalRsyncBackend
+from hpcsync.agents.core.transfer.rsync import parse_md5sum_output
 from hpcsync.agents.suprsync.copier import DEFAULT_FILES_PER_BATCH, Copier, CopySettings
 from hpcsync.agents.suprsync.deleter import delete_files
 from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager

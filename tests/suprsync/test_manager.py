@@ -12,7 +12,7 @@ import time
 import pytest
 from sqlalchemy import event, select
 
-from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+from hpcsync.agents.core.transfer import LocalRsyncBackend
 from hpcsync.agents.suprsync.deleter import delete_files
 from hpcsync.agents.suprsync.files import CopyResult, RemotePathError, SupRsyncError, normalize_remote_path
 from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
@@ -186,8 +186,8 @@ class FakeNothing:
     def put(self, *a, **k):
         raise AssertionError("put called in an idle loop")
 
-    def md5sums(self, *a, **k):
-        raise AssertionError("md5sums called in an idle loop")
+    def checksum(self, *a, **k):
+        raise AssertionError("checksum called in an idle loop")
 
 
 def test_ledger_on_every_backend(db_url, tmp_path):
@@ -231,7 +231,7 @@ def test_producers_in_other_processes_and_two_agents_share_one_sqlite_ledger(led
     "database is locked", every file is copied by the loop of its archive."""
     import threading
 
-    from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+    from hpcsync.agents.core.transfer import LocalRsyncBackend
     from hpcsync.agents.suprsync.copier import CopySettings
     from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
 

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from hpcsync.agents.suprsync.backends import make_backend
+from hpcsync.agents.core.transfer import make_backend
 from hpcsync.agents.suprsync.copier import CopySettings
 from hpcsync.agents.suprsync.engine import EngineSettings, SupRsyncEngine
 

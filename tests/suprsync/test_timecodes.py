@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from hpcsync.agents.suprsync.backends import LocalRsyncBackend
+from hpcsync.agents.core.transfer import LocalRsyncBackend
 from hpcsync.agents.suprsync.files import CopyResult
 from hpcsync.agents.suprsync.timecodes import finalization_paths, is_complete, update_timecode_dirs
 

@@ -1,0 +1,164 @@
+"""The transfer interface every backend implements, and what its operations return.
+
+rclone's idea: sync logic talks to one small interface and never knows which backend is
+behind it. A backend is rooted at a base directory (or bucket prefix); every path it takes
+or returns is *relative* to that base, ``/``-separated, and can never leave it.
+
+=============================  ================================================================
+``list(prefix)``               files under ``prefix``: :class:`Entry` (path, size, mtime)
+``put(items)``                 send local files to their remote paths (one batch)
+``get(items)``                 fetch remote files to their local paths (one batch)
+``checksum(paths, kind)``      ``{path: hex digest}`` of the remote files that exist
+``delete(paths)``              remove remote files (a missing one is not an error)
+``describe()``                 where the files are, for logs and session.data (no secrets)
+``connection()``               share one connection among the calls made inside it
+=============================  ================================================================
+
+Every operation takes a ``timeout`` (seconds; the whole call is killed past it) and an
+optional ``cancel`` event (a stop request kills it within 0.1 s and raises
+:class:`~hpcsync.agents.core.process.CommandCancelled`). A destination that cannot be
+reached raises :class:`RemoteUnreachable`; a reachable one that cannot take files
+:class:`DestinationError`. One bad file never fails a batch: it is named in
+:attr:`TransferOutcome.skipped` or :attr:`TransferOutcome.file_errors`.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+#: Checksum kinds a backend may offer, with the length of their hex digest.
+CHECKSUM_KINDS = {"md5": 32, "sha1": 40, "sha256": 64}
+
+
+class RemoteUnreachable(RuntimeError):
+    """The destination could not be reached (ssh failed to connect, or did not answer)."""
+
+
+class DestinationError(RemoteUnreachable):
+    """The destination answers but cannot take any file: its base directory is missing (an
+    unmounted disk) or it is full. Like an unreachable host this is not the files' fault:
+    callers count no attempt and try again later."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One file to move: ``local_path`` <-> ``<basedir>/<remote_path>``.
+
+    :meth:`Backend.put` sends ``local_path`` to ``remote_path``; :meth:`Backend.get` fetches
+    ``remote_path`` into ``local_path``. ``size`` (bytes, if known) is informational."""
+
+    local_path: str
+    remote_path: str
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One remote file, as :meth:`Backend.list` reports it."""
+
+    path: str
+    size: int
+    mtime: float
+
+
+@dataclass
+class TransferOutcome:
+    """What one batch of :meth:`Backend.put`, :meth:`Backend.get` or :meth:`Backend.delete`
+    did. ``ok`` is False when the transfer program exited non-zero or timed out; the files
+    are then checked one by one by the caller, so the good ones still count."""
+
+    ok: bool
+    error: str | None = None
+    timed_out: bool = False
+    returncode: int | None = None
+    elapsed: float = 0.0
+    #: remote paths that could not be sent at all, with the reason (not in the transfer)
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: remote paths the transfer named in an error (e.g. permission denied in one subdir)
+    file_errors: dict[str, str] = field(default_factory=dict)
+
+
+#: The name SupRsync's copier has always used for what :meth:`Backend.put` returns.
+PutOutcome = TransferOutcome
+
+
+def unsafe_relative_path(path: str) -> str | None:
+    """Why ``path`` cannot be a path under a backend's base directory, or None if it can.
+
+    Refused: empty, absolute, with a NUL byte, or with a ``..`` component (it could leave
+    the base directory). ``.`` components and doubled slashes are harmless.
+    """
+    if not isinstance(path, str):
+        return f"path {path!r} is not text"
+    if "\0" in path:
+        return f"path {path!r} contains a NUL byte"
+    if path.startswith("/"):
+        return f"path {path!r} is absolute; paths are relative to the base directory"
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return f"path {path!r} contains '..' and could leave the base directory"
+    if not parts:
+        return f"path {path!r} is empty or names the base directory itself"
+    return None
+
+
+def check_relative_paths(paths: Sequence[str]) -> None:
+    """ValueError naming the first of ``paths`` that :func:`unsafe_relative_path` refuses."""
+    for path in paths:
+        why = unsafe_relative_path(path)
+        if why:
+            raise ValueError(why)
+
+
+class Backend(abc.ABC):
+    """A place files live: a local directory, ``host:dir`` over ssh, later sftp or S3."""
+
+    basedir: str
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where files go, for logs and session.data (no secrets)."""
+
+    @contextlib.contextmanager
+    def connection(self, cancel: threading.Event | None = None) -> Iterator[Backend]:
+        """Share one connection among the operations run inside (a no-op by default)."""
+        yield self
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "", *, timeout: float, cancel: threading.Event | None = None) -> list[Entry]:
+        """Every regular file under ``prefix`` (``""``: the whole base directory), in no
+        particular order; an empty list if ``prefix`` does not exist. Symlinks are not
+        followed or listed. Raises :class:`DestinationError` if the base directory itself
+        is missing, and an error rather than a partial list if part of the tree cannot be
+        read."""
+
+    @abc.abstractmethod
+    def put(self, items: Sequence[Item], *, timeout: float, cancel: threading.Event | None = None) -> TransferOutcome:
+        """Send ``items`` (local -> remote), creating remote directories as needed.
+
+        A file sent again replaces the remote copy even if its size and mtime are the same.
+        """
+
+    @abc.abstractmethod
+    def get(self, items: Sequence[Item], *, timeout: float, cancel: threading.Event | None = None) -> TransferOutcome:
+        """Fetch ``items`` (remote -> local), creating local directories as needed. Each
+        local file appears whole (renamed into place) or not at all; remote symlinks and
+        other non-regular files are not fetched (named in ``file_errors``)."""
+
+    @abc.abstractmethod
+    def checksum(
+        self, paths: Sequence[str], kind: str = "md5", *, timeout: float, cancel: threading.Event | None = None
+    ) -> dict[str, str]:
+        """``{path: lowercase hex digest}`` for those of ``paths`` that exist remotely.
+
+        ``kind`` is one of :data:`CHECKSUM_KINDS`. Raises :class:`RemoteUnreachable` when
+        the destination cannot be asked at all."""
+
+    @abc.abstractmethod
+    def delete(self, paths: Sequence[str], *, timeout: float, cancel: threading.Event | None = None) -> TransferOutcome:
+        """Remove the remote files ``paths``; one already gone is not an error. A file that
+        is still there afterwards (a directory, no permission) is named in ``file_errors``."""

@@ -1,0 +1,248 @@
+"""The transfer backends' contract, run unchanged on every backend: a local directory, and
+rsync over ssh to the suite's real sshd (a non-root remote user, host key pinned).
+
+Every check looks at real files on disk: what ``put`` wrote under the base directory, what
+``get`` wrote locally, what ``delete`` left. File names are hostile on purpose: a shell that
+saw one would run ``touch x``, split it, or take it for an option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hpcsync.agents.core.process import CommandCancelled
+from hpcsync.agents.core.ssh import SshOptions
+from hpcsync.agents.core.transfer import (
+    Backend,
+    DestinationError,
+    Entry,
+    Item,
+    LocalRsyncBackend,
+    SshRsyncBackend,
+    make_backend,
+)
+from hpcsync.agents.core.transfer.rsync import parse_checksum_output, parse_find_output
+
+HOSTILE_NAMES = [
+    "with space.dat",
+    "new\nline.dat",
+    "-leading-dash.dat",
+    "--",
+    "-",
+    "$(touch x).dat",
+    "`touch x`.dat",
+    "back\\slash.dat",
+    "ünïcødé ✓.dat",
+    "quote'and\"double.dat",
+    "tab\there.dat",
+    "star*.dat",
+]
+TIMEOUT = 60.0
+
+
+def _remote_paths() -> list[str]:
+    """Each hostile name at the top, and again two levels down under hostile directories."""
+    paths = list(HOSTILE_NAMES)
+    paths += [f"sub dir/-d/{name}" for name in HOSTILE_NAMES]
+    paths.append("$(touch x)/new\nline/deep.dat")
+    return paths
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@dataclass
+class Rig:
+    """One kind of backend: ``base`` is its base directory as seen on this machine (the
+    remote side of the ssh backend is this machine too); ``make`` builds a backend of this
+    kind for another base directory or with other options."""
+
+    base: Path
+    make: Callable[..., Backend]
+
+    @property
+    def backend(self) -> Backend:
+        return self.make(self.base)
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.integration)])
+def rig(request, tmp_path) -> Rig:
+    if request.param == "local":
+        base = tmp_path / "base"
+        base.mkdir()
+        yield Rig(base, lambda basedir, **kw: LocalRsyncBackend(str(basedir), **kw))
+        return
+    sshd = request.getfixturevalue("sshd")
+    base = sshd.make_remote_dir()
+    opts = SshOptions(sshd.shell_destination, port=sshd.port, key_file=str(sshd.client_key),
+                      known_hosts_file=str(sshd.known_hosts), connect_timeout=5)  # fmt: skip
+    yield Rig(base, lambda basedir, **kw: SshRsyncBackend(str(basedir), opts, **kw))
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _write_sources(root: Path) -> dict[str, bytes]:
+    """``{remote path: content}``; the local file of each is ``root/<index>``."""
+    contents = {}
+    for i, rel in enumerate(_remote_paths()):
+        data = f"payload {i}: {rel!r}\n".encode() * (i + 1)
+        (root / str(i)).write_bytes(data)
+        contents[rel] = data
+    return contents
+
+
+def _no_shell_ran(*dirs: Path) -> None:
+    for d in dirs:
+        assert not (d / "x").exists(), f"a shell ran 'touch x' in {d}"
+
+
+def test_put_list_checksum_get_delete_round_trip(rig, tmp_path):
+    backend, base = rig.backend, rig.base
+    src = tmp_path / "src"
+    src.mkdir()
+    contents = _write_sources(src)
+    paths = list(contents)
+    items = [Item(str(src / str(i)), rel, len(contents[rel])) for i, rel in enumerate(paths)]
+
+    with backend.connection():
+        # put: every file lands at its remote path with its bytes and mtime
+        outcome = backend.put(items, timeout=TIMEOUT)
+        assert outcome.ok and not outcome.skipped, outcome
+        for i, rel in enumerate(paths):
+            assert (base / rel).read_bytes() == contents[rel], rel
+            assert abs((base / rel).stat().st_mtime - (src / str(i)).stat().st_mtime) < 1
+
+        # list: exactly those files, with sizes and mtimes; a prefix narrows it
+        entries = backend.list(timeout=TIMEOUT)
+        assert sorted(e.path for e in entries) == sorted(paths)
+        for e in entries:
+            assert e.size == len(contents[e.path])
+            assert abs(e.mtime - (base / e.path).stat().st_mtime) < 1e-3
+        under = backend.list("sub dir/-d", timeout=TIMEOUT)
+        assert sorted(e.path for e in under) == sorted(p for p in paths if p.startswith("sub dir/-d/"))
+        assert backend.list("no such dir", timeout=TIMEOUT) == []
+
+        # checksum: md5 (and sha256) of each file there; a missing one is simply absent
+        md5s = backend.checksum([*paths, "missing.dat"], timeout=TIMEOUT)
+        assert md5s == {rel: _md5(data) for rel, data in contents.items()}
+        sha = backend.checksum(paths[:3], "sha256", timeout=TIMEOUT)
+        assert sha == {rel: hashlib.sha256(contents[rel]).hexdigest() for rel in paths[:3]}
+
+    # get (outside the shared connection): into a flat local layout and a mirrored one
+    flat = tmp_path / "flat"
+    mirror = tmp_path / "mirror"
+    fetch = [Item(str(flat / f"f{i}"), rel) for i, rel in enumerate(paths)]
+    fetch += [Item(str(mirror / rel), rel) for rel in paths[:4]]
+    outcome = backend.get(fetch, timeout=TIMEOUT)
+    assert outcome.ok and not outcome.file_errors, outcome
+    for i, rel in enumerate(paths):
+        assert (flat / f"f{i}").read_bytes() == contents[rel]
+    for rel in paths[:4]:
+        assert (mirror / rel).read_bytes() == contents[rel]
+    assert not [p for p in tmp_path.rglob(".hpcsync-get-*")], "the staging directory was left behind"
+
+    # delete: the named files go, a missing one is no error, the others stay
+    gone = [p for p in paths if p.startswith("sub dir/")] + ["-", "--", "$(touch x).dat"]
+    outcome = backend.delete([*gone, "never existed.dat"], timeout=TIMEOUT)
+    assert outcome.ok and not outcome.file_errors, outcome
+    for rel in paths:
+        assert (base / rel).exists() == (rel not in gone), rel
+    assert sorted(e.path for e in backend.list(timeout=TIMEOUT)) == sorted(set(paths) - set(gone))
+
+    _no_shell_ran(base, tmp_path, src, Path.cwd(), Path("/home/hsyncuser"))
+
+
+def test_paths_that_leave_the_base_directory_are_refused(rig, tmp_path):
+    backend, base = rig.backend, rig.base
+    outside = tmp_path / "outside.dat"
+    outside.write_text("keep me")
+    for bad in ("../outside.dat", "/etc/hostname", "a/../../outside.dat", "", "a\0b"):
+        with pytest.raises(ValueError):
+            backend.delete([bad], timeout=TIMEOUT)
+        with pytest.raises(ValueError):
+            backend.checksum([bad], timeout=TIMEOUT)
+    with pytest.raises(ValueError):
+        backend.list("../", timeout=TIMEOUT)
+    (tmp_path / "f").write_text("f")
+    outcome = backend.put([Item(str(tmp_path / "f"), "../escaped.dat"), Item(str(tmp_path / "f"), "ok.dat")],
+                          timeout=TIMEOUT)  # fmt: skip
+    assert set(outcome.skipped) == {"../escaped.dat"} and (base / "ok.dat").read_text() == "f"
+    outcome = backend.get([Item(str(tmp_path / "got"), "../outside.dat")], timeout=TIMEOUT)
+    assert not outcome.ok and set(outcome.skipped) == {"../outside.dat"} and not (tmp_path / "got").exists()
+    assert outside.read_text() == "keep me" and not (base.parent / "escaped.dat").exists()
+
+
+def test_what_cannot_be_fetched_or_deleted_is_named_and_the_rest_goes(rig, tmp_path):
+    backend, base = rig.backend, rig.base
+    (base / "real.dat").write_text("real")
+    (base / "a dir").mkdir()  # rm -f cannot remove a directory
+    os.symlink("/etc/hostname", base / "link.dat")  # a remote symlink is never followed
+    outcome = backend.get(
+        [Item(str(tmp_path / "real"), "real.dat"), Item(str(tmp_path / "missing"), "missing.dat"),
+         Item(str(tmp_path / "link"), "link.dat")],
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert not outcome.ok and set(outcome.file_errors) == {"missing.dat", "link.dat"}
+    assert (tmp_path / "real").read_text() == "real"
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "link").exists()
+    assert [e.path for e in backend.list(timeout=TIMEOUT)] == ["real.dat"]  # symlinks are not listed
+
+    outcome = backend.delete(["a dir", "real.dat"], timeout=TIMEOUT)
+    assert not outcome.ok and set(outcome.file_errors) == {"a dir"}
+    assert (base / "a dir").is_dir() and not (base / "real.dat").exists()
+
+
+def test_a_missing_base_directory_is_a_destination_error(rig):
+    gone = rig.make(rig.base / "not-mounted")
+    for call in (lambda: gone.list(timeout=TIMEOUT), lambda: gone.delete(["a"], timeout=TIMEOUT),
+                 lambda: gone.checksum(["a"], timeout=TIMEOUT)):  # fmt: skip
+        with pytest.raises(DestinationError, match="does not exist"):
+            call()
+
+
+def test_a_stop_request_kills_a_running_put_and_nothing_half_written_remains(rig, tmp_path):
+    base = rig.base
+    big = tmp_path / "big.dat"
+    big.write_bytes(os.urandom(4 << 20))
+    slow = rig.make(base, bwlimit="100")  # 4 MiB at 100 KiB/s: about 40 s unless stopped
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(CommandCancelled):
+        slow.put([Item(str(big), "big.dat")], timeout=TIMEOUT, cancel=cancel)
+    assert not (base / "big.dat").exists()
+    outcome = slow.put([Item(str(big), "big.dat")], timeout=0.5)
+    assert outcome.timed_out and not outcome.ok and not (base / "big.dat").exists()
+
+
+def test_make_backend_picks_the_backend_from_the_arguments(tmp_path):
+    local = make_backend(str(tmp_path))
+    assert isinstance(local, LocalRsyncBackend) and local.describe() == str(tmp_path)
+    remote = make_backend("/srv/data", ssh_host="sync@example.org", ssh_port=2222, chmod="g+rwX")
+    assert isinstance(remote, SshRsyncBackend) and remote.describe() == "sync@example.org:/srv/data (port 2222)"
+
+
+def test_parsers_take_any_name_and_refuse_cut_output():
+    out = (
+        b"d41d8cd98f00b204e9800998ecf8427e  ./plain name.dat\n"
+        b"\\0cc175b9c0f1b6a831c399e269772661  ./new\\nline\\\\back.dat\n"
+        b"sha256sum: ./gone.dat: No such file or directory\n"
+    )
+    assert parse_checksum_output(out) == {
+        "./plain name.dat": "d41d8cd98f00b204e9800998ecf8427e",
+        "./new\nline\\back.dat": "0cc175b9c0f1b6a831c399e269772661",
+    }
+    digest = "a" * 64
+    assert parse_checksum_output(f"{digest} *-\n".encode(), "sha256") == {"-": digest}
+    listing = b"./a\nb\x0012\x001700000000.5000000000\x00./-x\x000\x001.0\x00"
+    assert parse_find_output(listing) == [Entry("a\nb", 12, 1_700_000_000.5), Entry("-x", 0, 1.0)]
+    assert parse_find_output(b"") == []
+    with pytest.raises(ValueError, match="cut short"):
+        parse_find_output(listing[:-3])
