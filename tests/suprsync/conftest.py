@@ -119,6 +119,25 @@ def status_of(manager: SupRsyncFilesManager, archive: str = ARCHIVE) -> dict[str
     return {k: v for k, v in summary.items() if k in ("pending", "copied", "removed", "failed", "ignored", "missing")}
 
 
+#: Programs a transfer runs, here or on the remote side.
+TRANSFER_PROGRAMS = ("rsync", "ssh", "sh", "xargs", "md5sum", "find", "rm")
+
+
+def transfer_processes_naming(path: str | Path) -> list[str]:
+    """Command lines of live transfer processes (rsync, ssh, remote commands) that name
+    ``path``: what is left of a transfer to or from it (a zombie has no command line)."""
+    needle = os.fsencode(str(path))
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0] and os.path.basename(os.fsdecode(argv[0])) in TRANSFER_PROGRAMS and any(needle in a for a in argv):
+            found.append(" ".join(os.fsdecode(a) for a in argv))
+    return found
+
+
 def files_under(root: Path) -> dict[str, str]:
     """``{relative path: md5}`` of every regular file under ``root``."""
     out = {}

@@ -21,7 +21,7 @@ import yaml
 
 from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
 
-from .conftest import HOSTILE_NAMES, files_under, tc_now, write
+from .conftest import HOSTILE_NAMES, files_under, tc_now, transfer_processes_naming, write
 
 pytestmark = pytest.mark.integration
 
@@ -136,11 +136,17 @@ def test_files_from_another_process_are_copied_verified_deleted_and_finalized(hu
         # the file named "$(touch pwned).dat" was never run by a shell on either side
         assert not list(remote.rglob("pwned")) and not Path("/home/hsyncuser/pwned").exists()
 
-        # the stopper answers within a second
-        started = time.monotonic()
+        # a stop ends the loop: nothing registered afterwards is sent, no transfer is left running
         client.run.stop()
         reply = client.run.wait(timeout=10)
-        assert reply.session["status"] == "done" and time.monotonic() - started < 3
+        assert reply.session["status"] == "done"
+        after = write(tmp_path / "after" / "stop.g3", "registered after the stop")
+        manager.add_file(str(after), f"{new_tc}/after-stop.g3", ARCHIVE)
+        wait_for(lambda: not transfer_processes_naming(remote), 10, "no rsync or ssh of the run left")
+        time.sleep(2)  # four periods (--sleep-time 0.5) of a loop that would have sent it
+        (row,) = [r for r in manager.get_known_files(ARCHIVE) if r.remote_path.endswith("after-stop.g3")]
+        assert row.status == "pending" and row.last_attempt_at is None
+        assert not (remote / f"{new_tc}/after-stop.g3").exists() and after.exists()
     finally:
         manager.dispose()
         agent.kill()

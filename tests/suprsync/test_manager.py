@@ -15,7 +15,7 @@ from sqlalchemy import event, select
 from hpcsync.agents.core.transfer import LocalRsyncBackend
 from hpcsync.agents.suprsync.deleter import delete_files
 from hpcsync.agents.suprsync.files import CopyResult, RemotePathError, SupRsyncError, normalize_remote_path
-from hpcsync.agents.suprsync.ledger import SupRsyncFilesManager
+from hpcsync.agents.suprsync.ledger import CHUNK, SupRsyncFilesManager
 from hpcsync.agents.suprsync.socs_import import import_socs_database
 
 from .conftest import ARCHIVE, make_engine, md5, status_of, tc_now, write
@@ -53,13 +53,32 @@ def test_missing_or_odd_local_files_are_refused_with_the_path(ledger, src):
         ledger.add_file(str(src), "x", ARCHIVE)
 
 
-def test_bulk_registration_is_cheap_and_reregistration_is_an_upsert(ledger, src):
+def test_bulk_registration_is_cheap_and_reregistration_is_an_upsert(ledger, src, monkeypatch):
+    """Registering 5,000 files reads none of them (no md5 yet) and costs one transaction per
+    chunk of 2,000 with a few statements each, however many files: not one per file."""
+    import builtins
+
     entries = [(str(write(src / f"d{i % 10}" / f"f{i}", str(i))), f"{tc_now()}/d{i % 10}/f{i}") for i in range(5000)]
-    started = time.perf_counter()
-    report = ledger.add_files(entries, ARCHIVE)
-    elapsed = time.perf_counter() - started
+    opened: list = []
+    statements: list[str] = []
+    real_open = builtins.open
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: opened.append(file) or real_open(file, *a, **k))
+    event.listen(ledger.db.engine, "before_cursor_execute", capture)
+    try:
+        report = ledger.add_files(entries, ARCHIVE)
+    finally:
+        event.remove(ledger.db.engine, "before_cursor_execute", capture)
+        monkeypatch.undo()
     assert report.added == 5000
-    assert elapsed < 5, f"registering 5000 files took {elapsed:.1f} s"
+    assert not [f for f in opened if str(f).startswith(str(src))], "registration read file contents"
+    chunks = -(-5000 // CHUNK)
+    assert sum(s.startswith("BEGIN") for s in statements) == chunks  # one transaction per chunk
+    # a lookup per 500 paths, one batched insert, one for the timecode dirs: not per file
+    assert len(statements) <= 8 * chunks, statements
 
     again = ledger.add_files(entries, ARCHIVE)
     assert (again.added, again.requeued, again.unchanged) == (0, 0, 5000)
