@@ -106,6 +106,8 @@ class ImportedTimecodeDir:
 
 @dataclass(frozen=True)
 class OpenTimecodeDir:
+    """A timecode dir not finalized yet (what :mod:`.timecodes` moves forward)."""
+
     id: int
     archive_name: str
     timecode: int
@@ -920,3 +922,15 @@ class SupRsyncFilesManager:
                 )
                 n += 1
         return n
+
+
+__all__ = [
+    "ALL_STATES",
+    "CHUNK",
+    "UNFINISHED",
+    "VERIFIED",
+    "AddReport",
+    "ImportedTimecodeDir",
+    "OpenTimecodeDir",
+    "SupRsyncFilesManager",
+]
