@@ -16,6 +16,19 @@ from hpcsync.agents.core.skeleton import AgentShell, Feed, process, run_agent, t
 from .options import SlurmSyncOptions, is_time
 
 
+def sync_task(op):
+    """The declaration both job syncs share: a task that changes state, and its parameters."""
+    for declare in (
+        ocs_agent.param("max_jobs", default=0, type=int, check=lambda n: n >= 0),
+        ocs_agent.param("end", default=None, type=str, check=is_time),
+        ocs_agent.param("start", default=None, type=str, check=is_time),
+        ocs_agent.param("push", default=False, type=bool),
+        task(changes_state=True),
+    ):
+        op = declare(op)
+    return op
+
+
 class SlurmSync(AgentShell):
     """Reconcile Slurm accounting with a ColdFront/myBRC/myLRC API.
 
@@ -64,11 +77,7 @@ class SlurmSync(AgentShell):
             fields={"target": self.options.target},
         )
 
-    @task(changes_state=True)
-    @ocs_agent.param("push", default=False, type=bool)
-    @ocs_agent.param("start", default=None, type=str, check=is_time)
-    @ocs_agent.param("end", default=None, type=str, check=is_time)
-    @ocs_agent.param("max_jobs", default=0, type=int, check=lambda n: n >= 0)
+    @sync_task
     def sync_running_jobs(self, session, params):
         """sync_running_jobs(push=False, start=None, end=None, max_jobs=0)
 
@@ -109,11 +118,7 @@ class SlurmSync(AgentShell):
             fields={"target": self.options.target},
         )
 
-    @task(changes_state=True)
-    @ocs_agent.param("push", default=False, type=bool)
-    @ocs_agent.param("start", default=None, type=str, check=is_time)
-    @ocs_agent.param("end", default=None, type=str, check=is_time)
-    @ocs_agent.param("max_jobs", default=0, type=int, check=lambda n: n >= 0)
+    @sync_task
     def full_sync(self, session, params):
         """full_sync(push=False, start=None, end=None, max_jobs=0)
 

@@ -32,6 +32,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from hpcsync.db import Database
+from hpcsync.db.dialect import chunked
 from hpcsync.db.models import SlurmJobPush
 
 from .coldfront import PushResult
@@ -45,8 +46,6 @@ STATE_OF_OUTCOME = {
     "skipped": "pending",
 }
 
-# IN-lists stay well under every backend's parameter limit.
-_QUERY_CHUNK = 500
 _TABLE = SlurmJobPush.__table__
 _INTENT_COLUMNS = ("account", "jobstatus", "amount", "payload_hash", "state", "attempted_at", "error")
 
@@ -123,10 +122,10 @@ class JobLedger:
         done: set[str] = set()
         ids = list(wanted)
         with self.db.session() as s:
-            for first in range(0, len(ids), _QUERY_CHUNK):
+            for part in chunked(ids):
                 rows = s.execute(
                     select(_TABLE.c.jobslurmid, _TABLE.c.pushed_hash).where(
-                        *self._mine(), _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
+                        *self._mine(), _TABLE.c.jobslurmid.in_(part)
                     )
                 )
                 done.update(job_id for job_id, pushed in rows if pushed is not None and pushed == wanted[job_id])
@@ -189,14 +188,8 @@ class JobLedger:
 
     def _known_ids(self, s, ids: list[str]) -> set[str]:
         known: set[str] = set()
-        for first in range(0, len(ids), _QUERY_CHUNK):
-            known.update(
-                s.scalars(
-                    select(_TABLE.c.jobslurmid).where(
-                        *self._mine(), _TABLE.c.jobslurmid.in_(ids[first : first + _QUERY_CHUNK])
-                    )
-                )
-            )
+        for part in chunked(ids):
+            known.update(s.scalars(select(_TABLE.c.jobslurmid).where(*self._mine(), _TABLE.c.jobslurmid.in_(part))))
         return known
 
     def _update(self, *columns: str):

@@ -24,13 +24,9 @@ import sys
 import threading
 import time
 
-from hpcsync.db.suprsync import (
-    ALL_STATES,
-    SupRsyncError,
-    SupRsyncFilesManager,
-    import_socs_database,
-    normalize_remote_path,
-)
+from .files import SupRsyncError, normalize_remote_path
+from .ledger import ALL_STATES, SupRsyncFilesManager
+from .socs_import import import_socs_database
 
 
 def add_commands(subparsers) -> None:

@@ -16,9 +16,9 @@ from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.jobs import JobContext
 from hpcsync.agents.core.skeleton import AgentOptions
 from hpcsync.agents.core.ssh import HOST_KEY_POLICIES, SshConfigError
+from hpcsync.agents.core.transfer import Backend, make_backend
 from hpcsync.db import Database, open_database
 
-from .backends import Backend, make_backend
 from .copier import DEFAULT_FILES_PER_BATCH, DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_COPY_ATTEMPTS, CopySettings
 from .engine import EngineSettings, SupRsyncEngine
 from .ledger import SupRsyncFilesManager
