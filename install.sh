@@ -23,6 +23,7 @@ SYSTEM_PACKAGES=(
   openssh-server openssh-client openssh-sftp-server rsync
   slurmctld slurmd slurmdbd slurm-client munge mariadb-server
   postgresql-15
+  slapd ldap-utils
 )
 
 if [ "$APT" = 1 ]; then
@@ -55,6 +56,6 @@ fi
 echo "==> hpcsync venv"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test,docs]'
+.venv/bin/pip install -q -e '.[test,docs,bench]'
 ln -sf "$(pwd)/.venv-crossbar/bin/crossbar" .venv/bin/crossbar
 echo "==> installed: $(.venv/bin/hpcsync --version)"

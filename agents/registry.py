@@ -2,8 +2,8 @@
 
 - ``agents/plugin.py``: the ``ocs.plugins`` registry (agent class -> module), which
   ``ocs-agent-cli`` reads to start an instance;
-- the ``hpcsync`` command: one ``hpcsync <package> ...`` subcommand group per agent with a
-  ``cli`` module;
+- the ``hpcsync`` command: one ``hpcsync <command> ...`` subcommand group per agent with a
+  ``cli`` module (the command is the package name unless the entry names another);
 - the docs: ``docs/agents/index.rst`` lists one page per agent, ``docs/agents/<package>.rst``.
 
 Adding an agent means adding one :class:`AgentEntry` here (see ``docs/developers.rst``).
@@ -23,11 +23,17 @@ class AgentEntry:
     summary: str
     #: the package has ``cli.py`` with ``add_commands(subparsers)``
     has_cli: bool = True
+    #: the ``hpcsync`` subcommand its ``cli.py`` adds (default: the package name)
+    command: str | None = None
 
     @property
     def module(self) -> str:
         """The module ``ocs-agent-cli`` imports (it has ``make_parser`` and ``main``)."""
         return f"hpcsync.agents.{self.package}.agent"
+
+    @property
+    def cli_command(self) -> str:
+        return self.command or self.package
 
     @property
     def cli_module(self) -> str:

@@ -297,12 +297,17 @@ def test_unreachable_server_error_hides_the_password():
 
 
 def test_cli_upgrades_and_reports_revision(tmp_path):
+    from alembic.script import ScriptDirectory
+
+    from hpcsync.db.engine import MIGRATIONS_DIR
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     hpcsync = [sys.executable, "-m", "hpcsync.agents.cli"]
     current = subprocess.run([*hpcsync, "db", "--db", url, "current"], capture_output=True, text=True, timeout=60)
     assert current.returncode == 1 and "revision none" in current.stdout
     up = subprocess.run([*hpcsync, "db", "--db", url, "upgrade"], capture_output=True, text=True, timeout=60)
     assert up.returncode == 0, up.stderr
-    assert "empty -> 0002" in up.stdout
+    assert f"empty -> {head}" in up.stdout
     current = subprocess.run([*hpcsync, "db", "--db", url, "current"], capture_output=True, text=True, timeout=60)
-    assert current.returncode == 0 and "revision 0002" in current.stdout
+    assert current.returncode == 0 and f"revision {head} (newest {head})" in current.stdout

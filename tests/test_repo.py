@@ -57,7 +57,7 @@ def test_the_registry_lists_every_agent_package_once_and_everything_derives_from
     assert set(plugin.agents) == {e.agent_class for e in registry.AGENTS}
     commands = build_parser()._subparsers._group_actions[0].choices
     for entry in registry.AGENTS:
-        assert entry.has_cli == (entry.package in commands), entry
+        assert entry.has_cli == (entry.cli_command in commands), entry
 
 
 def test_agent_modules_hold_op_declarations_only():

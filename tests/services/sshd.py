@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ class Sshd:
     pid: int
     client_key: Path
     known_hosts: Path
+    authorized_dir: Path | None = None
 
     @property
     def shell_destination(self) -> str:
@@ -73,6 +75,8 @@ class Sshd:
 
     def stop(self) -> None:
         daemon.stop(self.pid, timeout=10)
+        if self.authorized_dir is not None:
+            shutil.rmtree(self.authorized_dir, ignore_errors=True)
 
     def start_again(self) -> None:
         """Restart on the same port with the same keys (fault-injection tests)."""
@@ -96,6 +100,11 @@ def _spawn(base: Path, port: int):
     return proc
 
 
+def _keys_root() -> Path:
+    KEYS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return KEYS_DIR
+
+
 def start_sshd(base: Path) -> Sshd:
     if os.geteuid() != 0:
         raise ServiceError("the sshd test service needs root (users, chroot, privilege separation)")
@@ -107,10 +116,13 @@ def start_sshd(base: Path) -> Sshd:
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
     _ensure_user(SHELL_USER, "/bin/bash", f"/home/{SHELL_USER}")
     _ensure_user(SFTP_USER, "/usr/sbin/nologin", "/upload")
-    KEYS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # sshd reads authorized keys as the user, who cannot enter pytest's private temp dir.
+    # One directory per server: test runs side by side never overwrite each other's keys.
+    authorized = Path(tempfile.mkdtemp(prefix="sshd-", dir=_keys_root()))
+    authorized.chmod(0o755)
     for user in (SHELL_USER, SFTP_USER):
-        shutil.copy(keys / "client.pub", KEYS_DIR / user)
-        (KEYS_DIR / user).chmod(0o644)
+        shutil.copy(keys / "client.pub", authorized / user)
+        (authorized / user).chmod(0o644)
     chroot = CHROOT_ROOT / SFTP_USER
     chroot.mkdir(mode=0o755, parents=True, exist_ok=True)
     for d in (CHROOT_ROOT, chroot):
@@ -127,7 +139,7 @@ def start_sshd(base: Path) -> Sshd:
 ListenAddress 127.0.0.1
 HostKey {keys / "host_ed25519"}
 PidFile {base / "sshd.pid"}
-AuthorizedKeysFile {KEYS_DIR}/%u
+AuthorizedKeysFile {authorized}/%u
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -153,4 +165,4 @@ Match User {SFTP_USER}
     host_pub = (keys / "host_ed25519.pub").read_text().split()
     known = base / "known_hosts"
     known.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    return Sshd(base, port, proc.pid, keys / "client", known)
+    return Sshd(base, port, proc.pid, keys / "client", known, authorized)
