@@ -166,6 +166,35 @@ def test_pagination_follows_next_once_per_page(api_server):
     assert [s[1] for s in handler.seen] == ["/api/items/", "/api/items/?page=2", "/api/items/?page=3"]
 
 
+def test_a_next_link_to_another_origin_never_gets_the_token(api_server):
+    """A proxy that builds ``http://`` links (or a hostile server) must not receive the
+    token in clear text: ``next`` is resolved against the base URL, and a link to another
+    scheme, host or port is refused before anything is sent there."""
+    server, handler = api_server
+    other = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        for elsewhere in (f"http://127.0.0.1:{other.server_port}/api/items/?page=2",
+                          f"https://127.0.0.1:{server.server_port}/api/items/?page=2",
+                          f"http://localhost:{server.server_port}/api/items/?page=2"):  # fmt: skip
+            handler.seen.clear()
+            handler.script = [(200, {"count": 2, "next": elsewhere, "results": [1]})]
+            client = _client(server, headers={"Authorization": "Token sekrit"}, retries=0)
+            with pytest.raises(ApiError, match="points to another server") as info:
+                list(client.paginate("items/"))
+            assert "sekrit" not in str(info.value)
+            assert [s[1] for s in handler.seen] == ["/api/items/"]  # nothing was sent to the other origin
+    finally:
+        other.shutdown()
+        other.server_close()
+    # A relative link is resolved against the base URL.
+    handler.seen.clear()
+    handler.script = [(200, {"count": 2, "next": "/api/items/?page=2", "results": [1]}),
+                      (200, {"count": 2, "next": None, "results": [2]})]  # fmt: skip
+    assert [p["results"] for p in _client(server).paginate("items/")] == [[1], [2]]
+    assert [s[1] for s in handler.seen] == ["/api/items/", "/api/items/?page=2"]
+
+
 def test_pagination_stops_at_max_pages_with_the_resume_link(api_server):
     server, handler = api_server
     base = f"http://127.0.0.1:{server.server_port}/api/items/"

@@ -151,6 +151,18 @@ class ApiClient:
     def __repr__(self) -> str:
         return f"ApiClient({self.base_url!r})"
 
+    def same_origin(self, link: str, where: str) -> str:
+        """``link`` (absolute or relative) resolved against the base URL; refused when it
+        names another scheme, host or port, which would receive the credential."""
+        resolved = urljoin(self.base_url, link)
+        if _origin(resolved) != _origin(self.base_url):
+            raise ApiError(
+                f"{where}: its 'next' link points to another server ({_origin(resolved)}, not "
+                f"{_origin(self.base_url)}); refused so the credential is not sent there (a proxy in front of the API "
+                "may build links with the wrong scheme or host: check its X-Forwarded-Proto/Host settings)"
+            )
+        return resolved
+
     def url(self, path: str) -> str:
         """Join ``path`` onto the base URL without doubling slashes."""
         if path.startswith(("http://", "https://")):
@@ -203,6 +215,8 @@ class ApiClient:
             url = page.get("next")
             if url is not None and not isinstance(url, str):
                 raise ApiError(f"GET {_strip_query(resp.url)}: 'next' is not a URL: {str(url)[:100]!r}")
+            if url:
+                url = self.same_origin(url, f"GET {_strip_query(resp.url)}")
             if url and _page_key(self.url(url)) in seen:
                 raise ApiError(
                     f"GET {_strip_query(resp.url)} (page {pages}): its 'next' link points back to a page "
@@ -210,6 +224,12 @@ class ApiClient:
                 )
             if max_pages is not None and pages >= max_pages:
                 return
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _page_key(url: str) -> tuple:
