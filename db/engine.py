@@ -64,8 +64,17 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
+#: Execution option of :meth:`Database.reading` sessions.
+READ_ONLY = "hpcsync_read_only"
+
+
 def _sqlite_begin(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers take the write lock up front (no deadlocking upgrade from a read lock later);
+    # readers stay deferred: under WAL they never block a writer, nor wait for one.
+    if conn.get_execution_options().get(READ_ONLY):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, echo: bool = False, pool_size: int = 5, max_overflow: int = 10) -> Engine:
@@ -105,6 +114,7 @@ class Database:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._factory = sessionmaker(engine, expire_on_commit=False)
+        self._read_factory = sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     @property
     def url(self) -> str:
@@ -115,6 +125,14 @@ class Database:
     def session(self) -> Iterator[Session]:
         """A transaction: committed on success, rolled back on any exception."""
         with self._factory() as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it begins deferred, so status reports and
+        listings never hold the write lock producers and agents wait for; a write in it fails
+        on SQLite's upgrade rules rather than silently taking the lock (use :meth:`session`)."""
+        with self._read_factory() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

@@ -142,6 +142,12 @@ class SupRsyncFilesManager:
         with self.db.session() as s:
             yield s
 
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read-only transaction (deferred on SQLite: never blocks producers)."""
+        with self.db.reading() as s:
+            yield s
+
     def dispose(self) -> None:
         self.db.dispose()
 
@@ -325,7 +331,7 @@ class SupRsyncFilesManager:
         q = q.order_by(SupRsyncFile.registered_at, SupRsyncFile.id)
         if num_files is not None:
             q = q.limit(num_files)
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.scalars(q))
 
     def get_deletable_files(
@@ -345,7 +351,7 @@ class SupRsyncFilesManager:
         )
         if limit is not None:
             q = q.limit(limit)
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.scalars(q))
 
     def get_known_files(
@@ -358,7 +364,7 @@ class SupRsyncFilesManager:
         q = q.order_by(SupRsyncFile.registered_at, SupRsyncFile.id)
         if limit is not None:
             q = q.limit(limit)
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.scalars(q))
 
     def known_remote_paths(self, archive: str, remote_paths: Iterable[str]) -> set[str]:
@@ -367,7 +373,7 @@ class SupRsyncFilesManager:
         hashes = {path_hash(p): p for p in paths}
         found: set[str] = set()
         t = SupRsyncFile.__table__
-        with self.session() as s:
+        with self.reading() as s:
             for part in chunked(list(hashes)):
                 q = select(t.c.remote_path_hash).where(t.c.archive_name == archive, t.c.remote_path_hash.in_(part))
                 found.update(hashes[h] for h in s.scalars(q))
@@ -378,7 +384,7 @@ class SupRsyncFilesManager:
 
         Every file registered before this time is copied (or ignored by an operator).
         """
-        with self.session() as s:
+        with self.reading() as s:
             return self._finalized_until(s, archive, now)
 
     def _finalized_until(self, s: Session, archive: str, now: float | None) -> float:
@@ -398,7 +404,7 @@ class SupRsyncFilesManager:
         ``failed_files`` those of them that reached the attempt limit.
         """
         f = SupRsyncFile
-        with self.session() as s:
+        with self.reading() as s:
             per_status = {
                 st: s.scalar(select(func.count()).select_from(f).where(f.archive_name == archive, f.status == st))
                 for st in UNFINISHED
@@ -490,7 +496,7 @@ class SupRsyncFilesManager:
         if archive is not None:
             q = q.where(f.archive_name == archive)
         out: dict[str, dict[str, Any]] = {}
-        with self.session() as s:
+        with self.reading() as s:
             for name, st, n, oldest in s.execute(q):
                 entry = out.setdefault(name, {k: 0 for k in ALL_STATES} | {"total": 0, "oldest_pending": None})
                 entry[st] = int(n)
@@ -529,7 +535,7 @@ class SupRsyncFilesManager:
         if path_like:
             q = q.where(or_(f.local_path.like(path_like), f.remote_path.like(path_like)))
         q = q.order_by(f.id).limit(limit)
-        with self.session() as s:
+        with self.reading() as s:
             return list(s.scalars(q))
 
     def retry_files(
@@ -602,7 +608,7 @@ class SupRsyncFilesManager:
         if after is not None:
             ts, last_id = after
             q = q.where(or_(t.c.registered_at > ts, and_(t.c.registered_at == ts, t.c.id > last_id)))
-        with self.session() as s:
+        with self.reading() as s:
             return [FileTask(*row) for row in s.execute(q)]
 
     def _known_hashes(self, s: Session, archive: str, hashes: Sequence[str]) -> set[str]:
@@ -615,7 +621,7 @@ class SupRsyncFilesManager:
 
     def has_pending(self, archive: str) -> bool:
         t = SupRsyncFile.__table__
-        with self.session() as s:
+        with self.reading() as s:
             q = select(t.c.id).where(t.c.archive_name == archive, t.c.status == "pending").limit(1)
             return s.scalar(q) is not None
 
@@ -802,17 +808,17 @@ class SupRsyncFilesManager:
             .where(d.archive_name == archive, d.finalized.is_(False))
             .order_by(d.timecode)
         )
-        with self.session() as s:
+        with self.reading() as s:
             return [OpenTimecodeDir(*row) for row in s.execute(q)]
 
     def newest_timecode(self, archive: str) -> int | None:
-        with self.session() as s:
+        with self.reading() as s:
             return s.scalar(select(func.max(TimecodeDir.timecode)).where(TimecodeDir.archive_name == archive))
 
     def timecode_dir_unsynced(self, archive: str, timecode: int) -> int:
         """How many files of the dir still need work (pending, failed, missing)."""
         f = SupRsyncFile
-        with self.session() as s:
+        with self.reading() as s:
             return sum(
                 s.scalar(
                     select(func.count())
@@ -833,7 +839,7 @@ class SupRsyncFilesManager:
         f = SupRsyncFile
         subdirs: set[str] = set()
         n = 0
-        with self.session() as s:
+        with self.reading() as s:
             for path in s.scalars(select(f.remote_path).where(f.archive_name == archive, f.timecode == timecode)):
                 n += 1
                 parts = split_path(path)

@@ -18,7 +18,7 @@ def run_migrations() -> None:
     engine = context.config.attributes["engine"]
     backend = engine.dialect.name
     with engine.connect() as connection:
-        if backend == "mysql":
+        if backend in ("mysql", "mariadb"):  # mariadb+pymysql:// URLs report "mariadb"
             got = connection.execute(text("SELECT GET_LOCK('hpcsync_migrate', 120)")).scalar()
             if got != 1:
                 raise RuntimeError("timed out waiting for another process migrating this database")
@@ -35,7 +35,7 @@ def run_migrations() -> None:
                     connection.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_KEY})"))
                 context.run_migrations()
         finally:
-            if backend == "mysql":
+            if backend in ("mysql", "mariadb"):
                 connection.execute(text("SELECT RELEASE_LOCK('hpcsync_migrate')"))
                 connection.commit()
 

@@ -4,8 +4,9 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-12-01 16:00:00.000000
 
-Reserved in the migration chain for CloudSync (targets, per-object content hashes, local hash cache); it creates them when that agent lands, so the
-agents being built at the same time keep one linear history. Until then it changes nothing.
+Reserved in the migration chain for CloudSync (targets, per-object content hashes, local
+hash cache); it creates them when that agent lands, so the agents being built at the
+same time keep one linear history. Until then it changes nothing.
 """
 
 revision = "0005"
