@@ -439,6 +439,27 @@ def test_no_secret_reaches_the_argv_of_any_child_an_agent_starts(hub, tmp_path):
         assert secret.encode() not in everything, "a secret reached a child's command line"
 
 
+def test_no_python_runs_between_fork_and_exec(monkeypatch):
+    """A ``preexec_fn`` runs Python (a dlopen) in the child of a threaded process, which
+    can deadlock on a lock another thread held at fork time; the parent-death signal is set
+    by setpriv after exec instead."""
+    import subprocess
+
+    seen = {}
+    real_popen = subprocess.Popen
+
+    def recording_popen(args, **kwargs):
+        seen.update(kwargs, args=list(args))
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)
+    assert run_command(["echo", "hello"]).stdout == "hello\n"
+    assert seen.get("preexec_fn") is None
+    assert seen["args"][:3] == ["/usr/bin/setpriv", "--pdeathsig", "KILL"] and seen["args"][-1] == "hello"
+    with pytest.raises(CommandError, match="cannot run no-such-program-x: No such file or directory"):
+        run_command(["no-such-program-x", "a"])
+
+
 def test_a_command_dies_with_the_process_that_started_it(tmp_path):
     """A SIGKILLed agent leaves no rsync behind to race its restarted successor."""
     import signal

@@ -7,8 +7,8 @@ by rsync, for example), and it never leaves a child behind.
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 #: Used when a caller gives no timeout: nothing an agent runs may hang forever.
 DEFAULT_TIMEOUT = 300.0
 
-_PR_SET_PDEATHSIG = 1
+#: util-linux's setpriv, which sets the parent-death signal of the programs we run.
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 # How often a running command checks its cancel event; bounds the stop latency of ops.
 _POLL_INTERVAL = 0.1
@@ -66,17 +67,29 @@ def _last_line(text: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGKILL when the thread that started us exits.
+def _resolve(program: str, env: Mapping[str, str] | None) -> str:
+    """The program's path, looked up as exec would (``PATH`` of the child's environment)."""
+    if os.sep in program:
+        return program
+    found = shutil.which(program, path=(env or os.environ).get("PATH", os.defpath))
+    if found is None:
+        raise CommandError(f"cannot run {program}: No such file or directory (not found in PATH)")
+    return found
+
+
+def _tied_to_this_thread(argv: tuple[str, ...], env: Mapping[str, str] | None) -> list[str]:
+    """``argv`` run so that it gets SIGKILL when the thread that started it exits.
 
     A SIGKILLed agent must not leave an rsync writing to the destination while its
-    restarted successor starts another. Linux only; elsewhere a no-op.
+    restarted successor starts another. ``setpriv --pdeathsig`` (util-linux) sets the
+    parent-death signal and then execs the program: nothing runs between fork and exec in
+    the agent's (threaded) process, unlike a Python ``preexec_fn``. Linux only; elsewhere
+    (or without setpriv) the command runs as it is.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    program = _resolve(argv[0], env)
+    if _SETPRIV is None:
+        return [program, *argv[1:]]
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -116,15 +129,13 @@ def run_command(
     started = time.monotonic()
     try:
         proc = subprocess.Popen(
-            argv,
+            _tied_to_this_thread(argv, child_env),
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=child_env,
             cwd=cwd,
             start_new_session=True,
-            # The calling thread waits for the child, so tying the child to it is safe.
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     except OSError as exc:
         raise CommandError(f"cannot run {argv[0]}: {exc.strerror or exc}") from exc
