@@ -79,3 +79,28 @@ def db_url(request, tmp_path):
     name = f"hpcsync_t{next(_db_counter)}"
     server = request.getfixturevalue("postgres" if request.param == "postgresql" else "mariadb")
     return server.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (rclone serve s3, SigV4 checked) on a free loopback port.
+
+    ``.endpoint_url``, ``.access_key``, ``.secret_key``, ``.region``; ``.make_bucket()``
+    creates a fresh bucket, ``.bucket_dir(name)`` is where its objects are files on disk,
+    ``.credentials_file(path)`` writes an AWS credentials file, ``.client()`` a boto3 client.
+    """
+    from services.s3 import start_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory):
+    """A private OpenLDAP slapd on a free loopback port (see ``services/slapd.py``)."""
+    from services.slapd import start_slapd
+
+    server = start_slapd(tmp_path_factory.mktemp("slapd"))
+    yield server
+    server.stop()

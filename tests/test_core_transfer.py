@@ -1,5 +1,7 @@
-"""The transfer backends' contract, run unchanged on every backend: a local directory, and
-rsync over ssh to the suite's real sshd (a non-root remote user, host key pinned).
+"""The transfer backends' contract, run unchanged on every backend: a local directory, rsync
+over ssh to the suite's real sshd (a non-root remote user, host key pinned), and S3 on the
+suite's real S3 server (rclone serve s3, SigV4 checked; it keeps each object as a file under
+``<data>/<bucket>/<key>``, so the same on-disk checks apply).
 
 Every check looks at real files on disk: what ``put`` wrote under the base directory, what
 ``get`` wrote locally, what ``delete`` left. File names are hostile on purpose: a shell that
@@ -26,10 +28,12 @@ from hpcsync.agents.core.transfer import (
     Entry,
     Item,
     LocalRsyncBackend,
+    RemoteUnreachable,
     SshRsyncBackend,
     make_backend,
 )
 from hpcsync.agents.core.transfer.rsync import parse_checksum_output, parse_find_output
+from hpcsync.agents.core.transfer.s3 import CredentialsRefused, S3Backend
 
 HOSTILE_NAMES = [
     "with space.dat",
@@ -68,18 +72,40 @@ class Rig:
 
     base: Path
     make: Callable[..., Backend]
+    kind: str = "rsync"
+    #: a backend of this kind whose base does not exist (None: ``make(base / "not-mounted")``)
+    missing: Callable[[], Backend] | None = None
 
     @property
     def backend(self) -> Backend:
         return self.make(self.base)
 
 
-@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.integration)])
+def _s3_rig(s3_server) -> Rig:
+    """S3: the base is ``<bucket dir>/<prefix>``; ``make`` maps a path there to its URL."""
+    bucket = s3_server.make_bucket()
+    base = s3_server.bucket_dir(bucket) / "pre fix"
+
+    def make(basedir: Path, **kw) -> S3Backend:
+        rel = Path(basedir).relative_to(s3_server.data).as_posix()
+        return S3Backend(f"s3://{rel}", endpoint_url=s3_server.endpoint_url, region=s3_server.region,
+                         credentials_file=str(creds), **kw)  # fmt: skip
+
+    creds = s3_server.credentials_file(base.parent.parent.parent / f"{bucket}.credentials")
+    base.mkdir(parents=True)
+    return Rig(base, make, kind="s3", missing=lambda: make(s3_server.data / f"{bucket}-gone" / "pre fix"))
+
+
+@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.integration),
+                        pytest.param("s3", marks=pytest.mark.integration)])  # fmt: skip
 def rig(request, tmp_path) -> Rig:
     if request.param == "local":
         base = tmp_path / "base"
         base.mkdir()
         yield Rig(base, lambda basedir, **kw: LocalRsyncBackend(str(basedir), **kw))
+        return
+    if request.param == "s3":
+        yield _s3_rig(request.getfixturevalue("s3_server"))
         return
     sshd = request.getfixturevalue("sshd")
     base = sshd.make_remote_dir()
@@ -196,12 +222,19 @@ def test_what_cannot_be_fetched_or_deleted_is_named_and_the_rest_goes(rig, tmp_p
     assert [e.path for e in backend.list(timeout=TIMEOUT)] == ["real.dat"]  # symlinks are not listed
 
     outcome = backend.delete(["a dir", "real.dat"], timeout=TIMEOUT)
-    assert not outcome.ok and set(outcome.file_errors) == {"a dir"}
-    assert (base / "a dir").is_dir() and not (base / "real.dat").exists()
+    if rig.kind == "s3":
+        # An object store has no directories: "a dir" is no object, so there is nothing to
+        # delete and nothing left (the server's own folder is not an object).
+        assert outcome.ok and not outcome.file_errors, outcome
+        assert backend.list(timeout=TIMEOUT) == []
+    else:
+        assert not outcome.ok and set(outcome.file_errors) == {"a dir"}
+        assert (base / "a dir").is_dir()
+    assert not (base / "real.dat").exists()
 
 
 def test_a_missing_base_directory_is_a_destination_error(rig):
-    gone = rig.make(rig.base / "not-mounted")
+    gone = rig.missing() if rig.missing else rig.make(rig.base / "not-mounted")
     for call in (lambda: gone.list(timeout=TIMEOUT), lambda: gone.delete(["a"], timeout=TIMEOUT),
                  lambda: gone.checksum(["a"], timeout=TIMEOUT)):  # fmt: skip
         with pytest.raises(DestinationError, match="does not exist"):
@@ -246,3 +279,111 @@ def test_parsers_take_any_name_and_refuse_cut_output():
     assert parse_find_output(b"") == []
     with pytest.raises(ValueError, match="cut short"):
         parse_find_output(listing[:-3])
+
+
+# -- S3 only: credentials, limits, multipart --------------------------------------------------
+
+
+def _s3(s3_server, bucket: str, prefix: str = "p", **kw) -> S3Backend:
+    kw.setdefault("endpoint_url", s3_server.endpoint_url)
+    return S3Backend(f"s3://{bucket}/{prefix}", region=s3_server.region, **kw)
+
+
+@pytest.mark.integration
+def test_s3_credentials_from_file_profile_or_environment_and_a_wrong_secret_fails_clearly(s3_server, tmp_path,
+                                                                                         monkeypatch):  # fmt: skip
+    bucket = s3_server.make_bucket()
+    (tmp_path / "f").write_text("f")
+    good = s3_server.credentials_file(tmp_path / "creds")
+    # a named profile in a credentials file, as [sync] (not the default section)
+    prof = s3_server.credentials_file(tmp_path / "creds-prof", profile="sync")
+    assert _s3(s3_server, bucket, credentials_file=str(good)).put([Item(str(tmp_path / "f"), "a")], timeout=TIMEOUT).ok
+    named = _s3(s3_server, bucket, credentials_file=str(prof), profile="sync")
+    assert [e.path for e in named.list(timeout=TIMEOUT)] == ["a"]
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(prof))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    assert len(_s3(s3_server, bucket, profile="sync").list(timeout=TIMEOUT)) == 1
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    env_backend = _s3(s3_server, bucket)
+    assert len(env_backend.list(timeout=TIMEOUT)) == 1
+    assert s3_server.secret_key not in env_backend.describe() and s3_server.secret_key not in repr(env_backend.__dict__)
+
+    bad = _s3(s3_server, bucket, credentials_file=str(s3_server.credentials_file(tmp_path / "bad", secret_key="wrong")))
+    for call in (lambda: bad.list(timeout=TIMEOUT), lambda: bad.put([Item(str(tmp_path / "f"), "b")], timeout=TIMEOUT),
+                 lambda: bad.read_object("a", timeout=TIMEOUT)):  # fmt: skip
+        with pytest.raises(CredentialsRefused, match="refused the credentials.*SignatureDoesNotMatch"):
+            call()
+    assert not (s3_server.bucket_dir(bucket) / "p" / "b").exists()
+    with pytest.raises(Exception, match="no \\[nope\\] section"):
+        _s3(s3_server, bucket, credentials_file=str(good), profile="nope")
+
+
+@pytest.mark.integration
+def test_s3_unreachable_endpoint_is_one_clear_error(s3_server, tmp_path):
+    from services import free_port
+
+    creds = s3_server.credentials_file(tmp_path / "creds")
+    dead = S3Backend("s3://bucket/p", endpoint_url=f"http://127.0.0.1:{free_port()}", credentials_file=str(creds),
+                     retries=1, connect_timeout=2)  # fmt: skip
+    with pytest.raises(RemoteUnreachable, match="is unreachable"):
+        dead.list(timeout=TIMEOUT)
+
+
+@pytest.mark.integration
+def test_s3_keys_up_to_1024_bytes_go_longer_ones_are_named_and_the_rest_goes(s3_server, tmp_path):
+    bucket = s3_server.make_bucket()
+    creds = s3_server.credentials_file(tmp_path / "creds")
+    backend = _s3(s3_server, bucket, "pre", credentials_file=str(creds))
+    assert backend.max_path_bytes == 1024 - len("pre/")
+    # 1,020 bytes of path under "pre/": exactly S3's 1,024-byte limit (no component over 255)
+    longest = "/".join(["é" * 100] * 5) + "/" + "k" * (1020 - 5 * 201)
+    assert len(("pre/" + longest).encode()) == 1024
+    too_long = longest + "x"
+    (tmp_path / "f").write_bytes(b"long key")
+    outcome = backend.put([Item(str(tmp_path / "f"), longest), Item(str(tmp_path / "f"), too_long),
+                           Item(str(tmp_path / "f"), "short")], timeout=TIMEOUT)  # fmt: skip
+    assert set(outcome.skipped) == {too_long} and "1025-byte key" in outcome.skipped[too_long]
+    assert (s3_server.bucket_dir(bucket) / "pre" / longest).read_bytes() == b"long key"
+    assert sorted(e.path for e in backend.list(timeout=TIMEOUT)) == sorted([longest, "short"])
+    backend.get([Item(str(tmp_path / "back"), longest)], timeout=TIMEOUT)
+    assert (tmp_path / "back").read_bytes() == b"long key"
+
+
+@pytest.mark.integration
+def test_s3_multipart_objects_keep_their_content_hash_and_small_objects_round_trip(s3_server, tmp_path):
+    bucket = s3_server.make_bucket()
+    creds = s3_server.credentials_file(tmp_path / "creds")
+    backend = _s3(s3_server, bucket, credentials_file=str(creds), multipart_threshold=5 << 20, chunk_size=5 << 20)
+    data = os.urandom((12 << 20) + 123)  # three parts
+    (tmp_path / "big").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    outcome = backend.put([Item(str(tmp_path / "big"), "dir/big.bin", len(data), {"sha256": sha})], timeout=TIMEOUT)
+    assert outcome.ok, outcome
+    assert (s3_server.bucket_dir(bucket) / "p" / "dir" / "big.bin").read_bytes() == data
+    # the stored hashes, not the ETag: sha256 from metadata; md5 is computed when none is stored
+    assert backend.checksum(["dir/big.bin"], "sha256", timeout=TIMEOUT) == {"dir/big.bin": sha}
+    assert backend.checksum(["dir/big.bin"], "md5", timeout=TIMEOUT) == {"dir/big.bin": _md5(data)}
+    head = backend.head(["dir/big.bin"], timeout=TIMEOUT)["dir/big.bin"]
+    assert head["sha256"] == sha and float(head["mtime"]) == (tmp_path / "big").stat().st_mtime
+    # a hash that is not a digest (an ETag "<md5>-3" copied into metadata by another tool) is not trusted
+    key = "p/dir/big.bin"
+    s3_server.client().copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
+                                   Metadata={"md5": _md5(data)[:32] + "-3"}, MetadataDirective="REPLACE")  # fmt: skip
+    assert backend.checksum(["dir/big.bin"], "md5", timeout=TIMEOUT) == {"dir/big.bin": _md5(data)}
+    got = backend.get([Item(str(tmp_path / "out" / "big"), "dir/big.bin")], timeout=TIMEOUT)
+    assert got.ok and (tmp_path / "out" / "big").read_bytes() == data
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["big"]  # no temporary left
+
+    # small objects: write_object/read_object, whole
+    backend.write_object("manifest.json", b'{"a": 1}', timeout=TIMEOUT)
+    assert backend.read_object("manifest.json", timeout=TIMEOUT) == b'{"a": 1}'
+    assert backend.read_object("nothing.json", timeout=TIMEOUT) is None
+
+
+def test_the_default_read_and_write_object_work_on_any_backend(tmp_path):
+    backend = LocalRsyncBackend(str(tmp_path))
+    backend.write_object("d/m.json", b"manifest", timeout=TIMEOUT)
+    assert (tmp_path / "d" / "m.json").read_bytes() == b"manifest"
+    assert backend.read_object("d/m.json", timeout=TIMEOUT) == b"manifest"
+    assert backend.read_object("d/none.json", timeout=TIMEOUT) is None

@@ -6,7 +6,9 @@ agents move files to and from, so sync logic never knows which backend it drives
 - :mod:`.rsync`: :class:`LocalRsyncBackend` (a directory here) and :class:`SshRsyncBackend`
   (``[user@]host:dir`` over ssh, one shared connection per :meth:`Backend.connection`).
 
-sftp and S3 backends belong next to them, implementing the same interface.
+- :mod:`.s3`: :class:`S3Backend` (``s3://bucket/prefix`` through boto3's transfer manager).
+
+An sftp backend belongs next to them, implementing the same interface.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .base import (
     TransferOutcome,
 )
 from .rsync import LocalRsyncBackend, RsyncBackend, SshRsyncBackend
+from .s3 import CredentialsRefused, S3Backend, S3ConfigError
 
 
 def make_backend(
@@ -59,6 +62,7 @@ def make_backend(
 __all__ = [
     "CHECKSUM_KINDS",
     "Backend",
+    "CredentialsRefused",
     "DestinationError",
     "Entry",
     "Item",
@@ -66,6 +70,8 @@ __all__ = [
     "PutOutcome",
     "RemoteUnreachable",
     "RsyncBackend",
+    "S3Backend",
+    "S3ConfigError",
     "SshRsyncBackend",
     "TransferOutcome",
     "make_backend",

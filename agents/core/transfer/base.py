@@ -12,7 +12,16 @@ or returns is *relative* to that base, ``/``-separated, and can never leave it.
 ``delete(paths)``              remove remote files (a missing one is not an error)
 ``describe()``                 where the files are, for logs and session.data (no secrets)
 ``connection()``               share one connection among the calls made inside it
+``read_object(path)``          optional: the bytes of one small remote file (a manifest), or None
+``write_object(path, data)``   optional: replace one small remote file with ``data``, whole
 =============================  ================================================================
+
+Optional extras (backward compatible; backends that cannot use them ignore them):
+:attr:`Item.metadata` asks ``put`` to store a few ``name: value`` strings with the remote
+copy where the backend can (S3 user metadata: a content hash, the mtime); ``read_object``
+and ``write_object`` have defaults here built on ``get`` and ``put``, which a backend with
+a cheaper way (one S3 GET or PUT) overrides. :attr:`Backend.max_path_bytes` is the longest
+remote path the backend takes (S3: 1,024 bytes of key, prefix included).
 
 Every operation takes a ``timeout`` (seconds; the whole call is killed past it) and an
 optional ``cancel`` event (a stop request kills it within 0.1 s and raises
@@ -26,8 +35,11 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
+import shutil
+import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 #: Checksum kinds a backend may offer, with the length of their hex digest.
@@ -49,11 +61,14 @@ class Item:
     """One file to move: ``local_path`` <-> ``<basedir>/<remote_path>``.
 
     :meth:`Backend.put` sends ``local_path`` to ``remote_path``; :meth:`Backend.get` fetches
-    ``remote_path`` into ``local_path``. ``size`` (bytes, if known) is informational."""
+    ``remote_path`` into ``local_path``. ``size`` (bytes, if known) is informational.
+    ``metadata`` (optional, ``put`` only): short ASCII ``name: value`` strings a backend
+    stores with the remote copy if it can (S3 user metadata); others ignore it."""
 
     local_path: str
     remote_path: str
     size: int = 0
+    metadata: Mapping[str, str] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,8 @@ class Backend(abc.ABC):
     """A place files live: a local directory, ``host:dir`` over ssh, later sftp or S3."""
 
     basedir: str
+    #: the longest remote path (UTF-8 bytes, relative to the base) the backend takes, or None
+    max_path_bytes: int | None = None
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -162,3 +179,48 @@ class Backend(abc.ABC):
     def delete(self, paths: Sequence[str], *, timeout: float, cancel: threading.Event | None = None) -> TransferOutcome:
         """Remove the remote files ``paths``; one already gone is not an error. A file that
         is still there afterwards (a directory, no permission) is named in ``file_errors``."""
+
+    # -- optional extras, with defaults built on the operations above ------------------------
+
+    def read_object(self, path: str, *, timeout: float, cancel: threading.Event | None = None) -> bytes | None:
+        """The whole content of the small remote file ``path`` (a manifest), or None if it
+        does not exist. Raises :class:`RemoteUnreachable`/:class:`DestinationError` as the
+        other operations do. The default fetches it with :meth:`get` into a temporary file."""
+        check_relative_paths([path])
+        tmp = tempfile.mkdtemp(prefix="hpcsync-read-")
+        try:
+            local = os.path.join(tmp, "object")
+            outcome = self.get([Item(local, path)], timeout=timeout, cancel=cancel)
+            if not os.path.isfile(local):
+                if outcome.timed_out:
+                    raise RemoteUnreachable(f"reading {path!r} from {self.describe()} timed out")
+                return None
+            with open(local, "rb") as f:
+                return f.read()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def write_object(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        timeout: float,
+        cancel: threading.Event | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Replace the small remote file ``path`` with ``data`` (whole or not at all).
+        Raises :class:`DestinationError` if it could not be written. The default sends a
+        temporary file with :meth:`put`."""
+        check_relative_paths([path])
+        tmp = tempfile.mkdtemp(prefix="hpcsync-write-")
+        try:
+            local = os.path.join(tmp, "object")
+            with open(local, "wb") as f:
+                f.write(data)
+            outcome = self.put([Item(local, path, len(data), metadata)], timeout=timeout, cancel=cancel)
+            if not outcome.ok or outcome.skipped or outcome.file_errors:
+                why = next(iter({**outcome.skipped, **outcome.file_errors}.values()), None) or outcome.error
+                raise DestinationError(f"could not write {path!r} to {self.describe()}: {why}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,682 @@
+"""The S3 backend: a bucket prefix, through boto3's transfer manager.
+
+``S3Backend("s3://bucket/prefix", endpoint_url=...)`` implements :class:`~.base.Backend`
+over any S3 server (AWS, Swift s3api, Ceph, rclone serve s3, MinIO):
+
+- **put/get** go through s3transfer's :class:`~s3transfer.manager.TransferManager`: files
+  over ``multipart_threshold`` go up and down in ``chunk_size`` parts, ``concurrency``
+  requests at a time, each retried by botocore (``retries`` attempts, standard mode). Each
+  object carries user metadata ``mtime`` (the local file's, so servers that keep files, like
+  rclone, restore it) plus :attr:`~.base.Item.metadata` (e.g. ``sha256``). A multipart
+  ETag (``"<md5>-N"``) is never taken for a content hash: :meth:`S3Backend.checksum` reads
+  the hash stored in metadata, trusts a plain single-part ETag for md5 only, and otherwise
+  downloads and hashes.
+- **a stop or a timeout** interrupts uploads mid-body (the file reader raises), cancels
+  downloads, and aborts unfinished multipart uploads: S3 never shows a partial object, and
+  a download lands under a temporary name renamed into place only when complete.
+- **credentials** come from the environment or boto3's usual chain, a named ``profile``, or
+  an AWS-style ``credentials_file`` (ini: ``aws_access_key_id``/``aws_secret_access_key``)
+  — never from arguments, never printed (:meth:`describe` names the bucket and endpoint).
+- **errors**: a missing bucket is a :class:`~.base.DestinationError`, refused credentials a
+  :class:`CredentialsRefused` (one of them), an endpoint that does not answer
+  :class:`~.base.RemoteUnreachable`; each names the endpoint and what the server said.
+
+Keys are ``<prefix>/<path>``, at most 1,024 UTF-8 bytes (S3's limit, :attr:`max_path_bytes`
+accounts for the prefix); a longer one, or a name that is not valid UTF-8, is skipped and
+named, the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from hpcsync.agents.core.files import read_operator_text
+from hpcsync.agents.core.process import CommandCancelled
+
+from .base import (
+    CHECKSUM_KINDS,
+    Backend,
+    DestinationError,
+    Entry,
+    RemoteUnreachable,
+    TransferOutcome,
+    check_relative_paths,
+    unsafe_relative_path,
+)
+
+log = logging.getLogger("hpcsync.transfer.s3")
+
+#: S3's longest key, in UTF-8 bytes.
+MAX_KEY_BYTES = 1024
+#: Error codes that mean "these credentials are not accepted here" (not one file's fault).
+CREDENTIAL_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+    "TokenRefreshRequired", "AuthorizationHeaderMalformed", "InvalidClientTokenId",
+})  # fmt: skip
+MISSING_BUCKET_CODES = frozenset({"NoSuchBucket"})
+MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
+#: How often a waiting call looks at its cancel event and deadline (s).
+POLL = 0.05
+
+
+class CredentialsRefused(DestinationError):
+    """The S3 server refused the credentials (or none were found): no file can move."""
+
+
+class S3ConfigError(ValueError):
+    """The S3 backend's settings are wrong (bad URL, unreadable credentials file)."""
+
+
+class _Stopped(Exception):
+    """Raised inside a transfer's file reader to end its request at once."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")`` (no slashes at the ends)."""
+    parsed = urlparse(url)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise S3ConfigError(f"{url!r} is not an S3 URL: expected s3://bucket[/prefix]")
+    if parsed.query or parsed.fragment or parsed.params:
+        raise S3ConfigError(f"{url!r}: an S3 URL has no ?query or #fragment")
+    prefix = parsed.path.strip("/")
+    if prefix and unsafe_relative_path(prefix):
+        raise S3ConfigError(f"{url!r}: the prefix {unsafe_relative_path(prefix)}")
+    return parsed.netloc, prefix
+
+
+def read_credentials_file(path: str, profile: str | None = None) -> dict[str, str]:
+    """Keys from an AWS-style credentials file (``[profile]`` section, default ``default``)."""
+    text = read_operator_text(path, "S3 credentials file", S3ConfigError)
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise S3ConfigError(f"S3 credentials file {path} is not an ini file: {exc.message.splitlines()[0]}") from None
+    section = profile or "default"
+    if not parser.has_section(section):
+        raise S3ConfigError(f"S3 credentials file {path} has no [{section}] section")
+    keys = {}
+    for name in ("aws_access_key_id", "aws_secret_access_key", "aws_session_token"):
+        value = parser.get(section, name, fallback="").strip()
+        if value:
+            keys[name] = value
+    missing = [n for n in ("aws_access_key_id", "aws_secret_access_key") if n not in keys]
+    if missing:
+        raise S3ConfigError(f"S3 credentials file {path} [{section}] lacks {' and '.join(missing)}")
+    return keys
+
+
+class _Limiter:
+    """A shared bandwidth cap (bytes/s) that sleeps on the call's stop event."""
+
+    def __init__(self, rate: float | None, stop: threading.Event):
+        self.rate = rate
+        self.stop = stop
+        self._lock = threading.Lock()
+        self._next = time.monotonic()
+
+    def spend(self, nbytes: int) -> None:
+        if self.stop.is_set():
+            raise _Stopped()
+        if not self.rate or nbytes <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + nbytes / self.rate
+            wait = self._next - now
+        if wait > 0 and self.stop.wait(wait):
+            raise _Stopped()
+
+
+def _osutil(limiter: _Limiter):
+    """s3transfer OSUtils whose upload readers stop mid-body when asked, and pace reads."""
+    from s3transfer.utils import OSUtils, ReadFileChunk
+
+    class StoppableChunk(ReadFileChunk):
+        def read(self, amount=None):
+            if amount is None or amount < 0 or amount > 256 * 1024:
+                amount = 256 * 1024 if amount is not None and amount > 0 else None
+            data = super().read(amount)
+            limiter.spend(len(data))
+            return data
+
+    class StoppableOSUtils(OSUtils):
+        def open_file_chunk_reader_from_fileobj(self, fileobj, chunk_size, full_file_size, callbacks,
+                                                close_callbacks=None):  # fmt: skip
+            return StoppableChunk(fileobj, chunk_size, full_file_size, callbacks=callbacks,
+                                  enable_callbacks=False, close_callbacks=close_callbacks)  # fmt: skip
+
+    return StoppableOSUtils()
+
+
+@dataclass
+class _Call:
+    """One backend call's deadline and stop flag (set on cancel or timeout)."""
+
+    timeout: float
+    cancel: threading.Event | None
+
+    def __post_init__(self):
+        self.deadline = time.monotonic() + self.timeout
+        self.stop = threading.Event()
+        self.timed_out = False
+
+    def check(self) -> None:
+        """Raise CommandCancelled on a stop request; mark a passed deadline."""
+        if self.cancel is not None and self.cancel.is_set():
+            self.stop.set()
+            raise CommandCancelled("stopped on request")
+        if time.monotonic() >= self.deadline and not self.timed_out:
+            self.timed_out = True
+            self.stop.set()
+
+    def wait_all(self, futures: Sequence, on_stop: Callable[[], None]) -> None:
+        """Wait for every future; on cancel or timeout call ``on_stop`` and return/raise."""
+        pending = list(futures)
+        while pending:
+            try:
+                self.check()
+            except CommandCancelled:
+                on_stop()
+                raise
+            if self.timed_out:
+                on_stop()
+                return
+            pending = [f for f in pending if not f.done()]
+            if pending:
+                time.sleep(POLL)
+
+
+class S3Backend(Backend):
+    """Files under ``s3://bucket/prefix`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        credentials_file: str | None = None,
+        concurrency: int = 8,
+        multipart_threshold: int = 16 * 1024 * 1024,
+        chunk_size: int = 16 * 1024 * 1024,
+        retries: int = 5,
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+        bwlimit: str | int | None = None,
+        addressing_style: str | None = None,
+        client=None,
+    ):
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.basedir = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.endpoint_url = endpoint_url
+        if endpoint_url and urlparse(endpoint_url).scheme not in ("http", "https"):
+            raise S3ConfigError(f"S3 endpoint {endpoint_url!r} is not an http:// or https:// URL")
+        self.concurrency = max(1, int(concurrency))
+        if chunk_size < 5 * 1024 * 1024:
+            raise S3ConfigError("S3 chunk size must be at least 5 MiB (S3's smallest part)")
+        self.multipart_threshold = int(multipart_threshold)
+        self.chunk_size = int(chunk_size)
+        self.bwlimit = _parse_bwlimit(bwlimit)
+        prefix_bytes = len(self.prefix.encode()) + 1 if self.prefix else 0
+        self.max_path_bytes = MAX_KEY_BYTES - prefix_bytes
+        self._bucket_ok = False
+        self._client = client or self._make_client(
+            region=region, profile=profile, credentials_file=credentials_file, retries=retries,
+            connect_timeout=connect_timeout, read_timeout=read_timeout, addressing_style=addressing_style,
+        )  # fmt: skip
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _make_client(self, *, region, profile, credentials_file, retries, connect_timeout, read_timeout,
+                     addressing_style):  # fmt: skip
+        import boto3
+        import botocore.exceptions
+        from botocore.config import Config
+
+        keys: dict[str, str] = {}
+        if credentials_file:
+            keys = read_credentials_file(credentials_file, profile)
+            profile = None  # the file's section is the profile
+        try:
+            session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+        except botocore.exceptions.ProfileNotFound:
+            raise S3ConfigError(f"AWS profile {profile!r} is not in the AWS config or credentials files") from None
+        s3_options = {}
+        if addressing_style or self.endpoint_url:
+            s3_options["addressing_style"] = addressing_style or "path"
+        config = Config(
+            region_name=region or session.region_name or "us-east-1",
+            retries={"max_attempts": max(1, retries), "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            max_pool_connections=self.concurrency + 4,
+            s3=s3_options,
+            # The engine hashes content itself (sha256, kept in metadata); no per-request CRC.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config, **keys)
+
+    def describe(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"{self.basedir}{where}"
+
+    # -- keys and errors -----------------------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _rel(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    def _bad_key(self, path: str) -> str | None:
+        why = unsafe_relative_path(path)
+        if why:
+            return why
+        try:
+            size = len(self._key(path).encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"path {path!r} is not valid UTF-8, which S3 keys must be"
+        if size > MAX_KEY_BYTES:
+            return f"path {path[:60]!r}... makes a {size}-byte key; S3 takes at most {MAX_KEY_BYTES}"
+        return None
+
+    def _error(self, exc: BaseException, doing: str) -> BaseException:
+        """The error to raise for ``exc`` if it concerns the whole destination, else ``exc``."""
+        import botocore.exceptions as bx
+
+        if isinstance(exc, bx.NoCredentialsError):
+            return CredentialsRefused(
+                f"no S3 credentials for {self.describe()}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or give a profile or a credentials file"
+            )
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
+                            bx.ReadTimeoutError)):  # fmt: skip
+            return RemoteUnreachable(f"{self.describe()} is unreachable while {doing}: {exc}")
+        if isinstance(exc, bx.ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            text = exc.response.get("Error", {}).get("Message", "") or code
+            if code in CREDENTIAL_CODES:
+                return CredentialsRefused(f"{self.describe()} refused the credentials while {doing}: {code}: {text}")
+            if code in MISSING_BUCKET_CODES:
+                return DestinationError(f"bucket {self.bucket!r} does not exist at {self.endpoint_url or 'AWS'}")
+        return exc
+
+    def _code(self, exc: BaseException) -> str:
+        response = getattr(exc, "response", None) or {}
+        return str(response.get("Error", {}).get("Code", ""))
+
+    def _is_missing(self, exc: BaseException) -> bool:
+        code = self._code(exc)
+        status = (getattr(exc, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in MISSING_KEY_CODES or (status == 404 and code not in MISSING_BUCKET_CODES)
+
+    def _raise_destination(self, exc: BaseException, doing: str) -> None:
+        err = self._error(exc, doing)
+        if err is not exc:
+            raise err from None
+
+    def _manager(self, limiter: _Limiter):
+        from s3transfer.manager import TransferConfig, TransferManager
+
+        config = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=self.chunk_size,
+            max_request_concurrency=self.concurrency,
+            max_submission_concurrency=max(2, self.concurrency // 2),
+            num_download_attempts=5,
+        )
+        return TransferManager(self._client, config, osutil=_osutil(limiter))
+
+    # -- operations ----------------------------------------------------------------------------
+
+    def list(self, prefix="", *, timeout, cancel=None) -> list[Entry]:
+        if prefix:
+            check_relative_paths([prefix.rstrip("/")])
+        call = _Call(timeout, cancel)
+        key_prefix = self._key(prefix.rstrip("/")) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        entries: list[Entry] = []
+        token = None
+        while True:
+            call.check()
+            if call.timed_out:
+                raise RemoteUnreachable(f"listing {self.describe()} timed out after {timeout:.0f} s")
+            args = {"Bucket": self.bucket, "Prefix": key_prefix, "MaxKeys": 1000}
+            if token:
+                args["ContinuationToken"] = token
+            try:
+                page = self._client.list_objects_v2(**args)
+            except Exception as exc:
+                self._raise_destination(exc, "listing")
+                raise
+            for obj in page.get("Contents", ()):
+                key = obj["Key"]
+                if key.endswith("/"):
+                    continue  # a "directory" marker, not a file
+                entries.append(Entry(self._rel(key), int(obj["Size"]), obj["LastModified"].timestamp()))
+            if not page.get("IsTruncated"):
+                return entries
+            token = page.get("NextContinuationToken")
+
+    def put(self, items, *, timeout, cancel=None) -> TransferOutcome:
+        if not items:
+            return TransferOutcome(ok=True)
+        self.check_access()
+        call = _Call(timeout, cancel)
+        started = time.monotonic()
+        outcome = TransferOutcome(ok=True)
+        limiter = _Limiter(self.bwlimit, call.stop)
+        futures = []
+        manager = self._manager(limiter)
+        try:
+            for item in items:
+                why = self._bad_key(item.remote_path)
+                if why:
+                    outcome.skipped[item.remote_path] = f"cannot send to {why}"
+                    continue
+                try:
+                    st = os.stat(item.local_path)
+                except OSError as exc:
+                    outcome.skipped[item.remote_path] = f"cannot read {item.local_path!r}: {exc.strerror or exc}"
+                    continue
+                meta = {"mtime": repr(st.st_mtime)}
+                meta.update({str(k).lower(): str(v) for k, v in (item.metadata or {}).items()})
+                future = manager.upload(item.local_path, self.bucket, self._key(item.remote_path),
+                                        extra_args={"Metadata": meta})  # fmt: skip
+                futures.append((item, future))
+            call.wait_all([f for _i, f in futures], on_stop=call.stop.set)
+        finally:
+            # Unfinished transfers stop here: readers raise, multipart uploads are aborted.
+            _shutdown(manager, [f for _i, f in futures], cancel=call.stop.is_set())
+        if call.cancel is not None and call.cancel.is_set():
+            raise CommandCancelled("stopped on request")
+        self._collect(futures, outcome, "sending")
+        outcome.elapsed = time.monotonic() - started
+        if call.timed_out:
+            outcome.ok, outcome.timed_out = False, True
+            outcome.error = outcome.error or f"the upload to {self.describe()} timed out after {timeout:.0f} s"
+        return outcome
+
+    def _collect(self, futures, outcome: TransferOutcome, doing: str) -> None:
+        fatal = None
+        for item, future in futures:
+            try:
+                future.result()
+            except _Stopped:
+                outcome.file_errors[item.remote_path] = "stopped before it finished"
+            except Exception as exc:  # one file's failure; a destination-wide one is raised
+                err = self._error(exc, doing)
+                if err is not exc and fatal is None:
+                    fatal = err
+                outcome.file_errors[item.remote_path] = self._describe_file_error(exc)
+        if fatal is not None and len(outcome.file_errors) == len(futures):
+            raise fatal
+        if outcome.file_errors or outcome.skipped:
+            outcome.ok = False
+            outcome.error = outcome.error or f"{len(outcome.file_errors) + len(outcome.skipped)} file(s) failed"
+
+    def _describe_file_error(self, exc: BaseException) -> str:
+        if self._is_missing(exc):
+            return "not on the remote"
+        code = self._code(exc)
+        if code:
+            message = (getattr(exc, "response", None) or {}).get("Error", {}).get("Message", "")
+            return f"{code}: {message}".rstrip(": ")
+        if isinstance(exc, OSError):
+            return exc.strerror or str(exc)
+        return f"{type(exc).__name__}: {exc}"
+
+    def get(self, items, *, timeout, cancel=None) -> TransferOutcome:
+        if not items:
+            return TransferOutcome(ok=True)
+        self.check_access()
+        call = _Call(timeout, cancel)
+        started = time.monotonic()
+        outcome = TransferOutcome(ok=True)
+        limiter = _Limiter(self.bwlimit, call.stop)
+        futures = []
+        temps: dict[int, str] = {}
+        manager = self._manager(limiter)
+        try:
+            for n, item in enumerate(items):
+                why = self._bad_key(item.remote_path)
+                if why:
+                    outcome.skipped[item.remote_path] = f"cannot fetch {why}"
+                    continue
+                if not item.local_path:
+                    outcome.skipped[item.remote_path] = f"no local path given for {item.remote_path!r}"
+                    continue
+                directory = os.path.dirname(os.path.abspath(item.local_path))
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(item.local_path)[:100]}.", dir=directory)
+                    os.close(fd)
+                except OSError as exc:
+                    outcome.file_errors[item.remote_path] = f"cannot write in {directory!r}: {exc.strerror or exc}"
+                    continue
+                temps[n] = tmp
+                future = manager.download(self.bucket, self._key(item.remote_path), tmp)
+                futures.append(((n, item), future))
+            call.wait_all([f for _i, f in futures],
+                          on_stop=lambda: [f.cancel() for _i, f in futures])  # fmt: skip
+        finally:
+            _shutdown(manager, [f for _i, f in futures], cancel=call.stop.is_set())
+            if call.stop.is_set():
+                for tmp in temps.values():
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
+        if call.cancel is not None and call.cancel.is_set():
+            raise CommandCancelled("stopped on request")
+        done_ok = []
+        try:
+            self._collect([(item, f) for (_n, item), f in futures], outcome, "fetching")
+        finally:
+            for (n, item), future in futures:
+                tmp = temps[n]
+                if item.remote_path in outcome.file_errors or (call.timed_out and not future.done()):
+                    with contextlib.suppress(OSError):
+                        os.remove(tmp)
+                    continue
+                done_ok.append((tmp, item))
+        for tmp, item in done_ok:
+            try:
+                os.replace(tmp, item.local_path)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                outcome.file_errors[item.remote_path] = f"cannot put it in place: {exc.strerror or exc}"
+                outcome.ok = False
+        outcome.elapsed = time.monotonic() - started
+        if call.timed_out:
+            outcome.ok, outcome.timed_out = False, True
+            outcome.error = outcome.error or f"the download from {self.describe()} timed out after {timeout:.0f} s"
+        return outcome
+
+    def _head(self, path: str) -> dict | None:
+        try:
+            return self._client.head_object(Bucket=self.bucket, Key=self._key(path))
+        except Exception as exc:
+            self._raise_destination(exc, "reading object metadata")
+            if self._is_missing(exc):
+                return None
+            raise
+
+    def head(self, paths: Sequence[str], *, timeout: float, cancel=None) -> dict[str, dict[str, str]]:
+        """``{path: {metadata name (lowercase): value, plus "etag", "size"}}`` of those that exist."""
+        check_relative_paths(paths)
+        call = _Call(timeout, cancel)
+        found: dict[str, dict[str, str]] = {}
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            futures = [(p, pool.submit(self._head, p)) for p in paths]
+            call.wait_all([f for _p, f in futures], on_stop=lambda: [f.cancel() for _p, f in futures])
+            if call.timed_out:
+                raise RemoteUnreachable(f"reading metadata from {self.describe()} timed out after {timeout:.0f} s")
+            for path, future in futures:
+                head = future.result()
+                if head is not None:
+                    meta = {str(k).lower(): str(v) for k, v in head.get("Metadata", {}).items()}
+                    meta["etag"] = str(head.get("ETag", "")).strip('"').lower()
+                    meta["size"] = str(head.get("ContentLength", 0))
+                    found[path] = meta
+        return found
+
+    def checksum(self, paths, kind="md5", *, timeout, cancel=None) -> dict[str, str]:
+        width = CHECKSUM_KINDS.get(kind)
+        if width is None:
+            raise ValueError(f"checksum kind {kind!r} is not one of {', '.join(CHECKSUM_KINDS)}")
+        check_relative_paths(paths)
+        self.check_access()
+        heads = self.head(paths, timeout=timeout, cancel=cancel)
+        out: dict[str, str] = {}
+        unknown = []
+        for path, meta in heads.items():
+            stored = meta.get(kind, "").lower()
+            if len(stored) == width and all(c in "0123456789abcdef" for c in stored):
+                out[path] = stored
+            elif kind == "md5" and _PLAIN_MD5.match(meta["etag"]) and "sse-kms" not in meta:
+                out[path] = meta["etag"]  # a single-part upload's ETag is its MD5
+            else:
+                unknown.append(path)
+        for path in unknown:  # no stored hash: read the object and hash it
+            digest = hashlib.new(kind)
+            try:
+                body = self._client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"]
+                while chunk := body.read(1 << 20):
+                    if cancel is not None and cancel.is_set():
+                        raise CommandCancelled("stopped on request")
+                    digest.update(chunk)
+            except CommandCancelled:
+                raise
+            except Exception as exc:
+                self._raise_destination(exc, "hashing")
+                if self._is_missing(exc):
+                    continue
+                raise
+            out[path] = digest.hexdigest()
+        return out
+
+    def delete(self, paths, *, timeout, cancel=None) -> TransferOutcome:
+        check_relative_paths(paths)
+        call = _Call(timeout, cancel)
+        started = time.monotonic()
+        outcome = TransferOutcome(ok=True)
+        todo = list(dict.fromkeys(paths))
+        self.check_access()
+        for i in range(0, len(todo), 1000):
+            call.check()
+            if call.timed_out:
+                outcome.ok, outcome.timed_out = False, True
+                outcome.error = f"deleting from {self.describe()} timed out after {timeout:.0f} s"
+                break
+            chunk = todo[i : i + 1000]
+            bad = {p: self._bad_key(p) for p in chunk}
+            for p, why in bad.items():
+                if why:
+                    outcome.skipped[p] = f"cannot delete {why}"
+            keys = [{"Key": self._key(p)} for p in chunk if not bad[p]]
+            if not keys:
+                continue
+            try:
+                reply = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+            except Exception as exc:
+                self._raise_destination(exc, "deleting")
+                raise
+            for err in reply.get("Errors", ()):
+                if err.get("Code") in MISSING_KEY_CODES:
+                    continue
+                outcome.file_errors[self._rel(err["Key"])] = f"{err.get('Code')}: {err.get('Message', '')}".rstrip(": ")
+        if outcome.file_errors or outcome.skipped:
+            outcome.ok = False
+            outcome.error = outcome.error or f"{len(outcome.file_errors) + len(outcome.skipped)} file(s) not deleted"
+        outcome.elapsed = time.monotonic() - started
+        return outcome
+
+    # -- small objects -------------------------------------------------------------------------
+
+    def read_object(self, path, *, timeout, cancel=None) -> bytes | None:
+        check_relative_paths([path])
+        self.check_access()
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(path))["Body"].read()
+        except Exception as exc:
+            self._raise_destination(exc, "reading")
+            if self._is_missing(exc):
+                return None
+            raise
+
+    def write_object(self, path, data, *, timeout, cancel=None, metadata=None) -> None:
+        why = self._bad_key(path)
+        if why:
+            raise ValueError(why)
+        meta = {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self._key(path), Body=io.BytesIO(data),
+                                    ContentLength=len(data), Metadata=meta)  # fmt: skip
+        except Exception as exc:
+            self._raise_destination(exc, "writing")
+            raise DestinationError(f"could not write {path!r} to {self.describe()}: {exc}") from None
+
+    def check_access(self) -> None:
+        """One cheap signed request (a one-key listing, whose errors carry a code, unlike
+        HEAD's): raises the clear error if the bucket is missing or the keys are refused.
+        Done once per backend before the first call that could not tell a missing bucket
+        from a missing key."""
+        if self._bucket_ok:
+            return
+        try:
+            self._client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
+        except Exception as exc:
+            self._raise_destination(exc, "checking access")
+            raise
+        self._bucket_ok = True
+
+
+def _shutdown(manager, futures, *, cancel: bool) -> None:
+    """End a transfer manager, cancelling unfinished transfers first if asked. (Each future is
+    cancelled itself: s3transfer 0.19's ``shutdown(cancel=True)`` passes its arguments to
+    ``_shutdown`` in the wrong order and fails.)"""
+    if cancel:
+        for future in futures:
+            if not future.done():
+                future.cancel()
+    manager.shutdown()
+
+
+def _parse_bwlimit(value: str | int | None) -> float | None:
+    """rsync-style ``--bwlimit``: KiB/s as a number, or with a K/M/G suffix; None/0: no cap."""
+    if value in (None, "", 0, "0"):
+        return None
+    text = str(value).strip().upper()
+    scale = 1024
+    if text and text[-1] in "KMG":
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}[text[-1]]
+        text = text[:-1]
+    try:
+        rate = float(text) * scale
+    except ValueError:
+        raise S3ConfigError(f"bandwidth limit {value!r} is not a number of KiB/s (e.g. 500, 10M)") from None
+    if rate <= 0:
+        raise S3ConfigError(f"bandwidth limit {value!r} must be positive")
+    return rate
+
+
+def make_s3_backend(url: str, options: Mapping[str, object] | None = None) -> S3Backend:
+    """An :class:`S3Backend` for ``url`` with keyword ``options`` (see its signature)."""
+    return S3Backend(url, **dict(options or {}))
