@@ -1,27 +1,42 @@
 """An emulator of the ColdFront/myBRC/myLRC REST API, for tests, demos and benchmarks.
 
-It follows the real server (``ucb-rit/coldfront``, ``coldfront/api``) as described in
-``reference/slurm-coldfront-and-assyncy.md``:
+It follows the real server (``ucb-rit/coldfront``, ``coldfront/api``; the answers below were
+checked against a running server):
 
 - **Auth**: DRF token authentication, header ``Authorization: Token <key>``. Every endpoint
   needs an authenticated, active user with an unexpired token (401 otherwise, with DRF's
   messages); writes need ``is_staff`` or ``is_superuser`` (403).
 - **Pagination**: DRF ``PageNumberPagination``, 100 per page: ``count``, ``next``,
   ``previous`` (absolute URLs, query keys sorted), ``results``; ``?page=N`` past the end is
-  404 ``Invalid page.``. The jobs list adds ``total_amount`` and ``total_cpu_time``.
-- ``GET /api/projects/``; ``GET /api/allocations/?project=&resources=`` (unknown names are
-  400, like django-filter's ModelMultipleChoiceFilter); ``GET /api/allocations/<id>/
-  attributes/?type=Service Units`` with ``usage``; the same for ``/api/allocation_users/``.
+  404 ``Invalid page.``. The jobs list adds ``total_amount`` and ``total_cpu_time`` (numbers).
+- **URLs**: the router's lookups match ``[^/.]+``, so an id containing ``.`` matches no URL
+  (Django's HTML 404); an object that does not exist is 404 ``No <Model> matches the given
+  query.``.
+- ``GET /api/projects/`` (items carry ``status`` and ``field_of_science`` as integer ids,
+  ``created``, ``modified``, ``force_review``, ``requires_review``); ``GET /api/allocations/
+  ?project=&resources=`` (names the server does not know are 400, like django-filter's
+  ModelMultipleChoiceFilter; a known resource the project has no allocation of is 200 with
+  no results); ``GET /api/allocations/<id>/attributes/?type=Service Units`` with ``usage``;
+  the same for ``/api/allocation_users/``.
 - ``GET /api/jobs/`` filters ``user``, ``account``, ``jobstatus``, ``min_amount``,
   ``max_amount``, ``partition``, ``start_time``/``end_time`` (Unix, applied to **startdate**,
   default: the current allowance year), ordered by startdate.
-- ``POST /api/jobs/`` creates a job and adds its amount to the project's and the user's
-  usage (only if it has submit and start dates and started on or after the allocation
-  start). ``PUT /api/jobs/<id>/`` is an upsert: a new job is created and charged; an
-  existing one moves usage by ``max(usage + (new - old), 0)`` (and needs an end date).
+- **Times** are stored and answered in UTC (``...Z``); a naive time is read as UTC. Dates
+  (an allocation's ``start_date``/``end_date``, the allowance year) are days of the
+  server's display time zone (``America/Los_Angeles``).
+- **Usage rule** (``validate_job_dates``): ``POST /api/jobs/`` adds a new job's amount to
+  the project's and the user's usage only if the job has submit and start dates, the
+  allocation has a start date and the job started on or after it. ``PUT /api/jobs/<id>/``
+  (an upsert, answered 200 whether it created or updated) moves usage (a new job: by its
+  amount; an existing one: ``max(usage + (new - old), 0)``) only if, in addition, the job
+  has an end date and, for the periodic allowances (prefixes ``fc_``, ``ic_``, ``pc_``), the
+  allocation has an end date and the job ended on or before its last day. Otherwise the job
+  is stored and answered 200 and usage is left alone. The body's ``jobslurmid`` names the
+  job; the URL's id only picks the instance the serializer compares user and account with.
   ``PATCH`` answers 200 ``{"failure": "This method is not supported."}`` like the server.
 - Serializer rules: chronological dates; the user must be an active member of the
-  project's active compute allocation; an existing job's user and account cannot change.
+  project's active compute allocation; an existing job's user and account cannot change;
+  node errors are nested per node (``{"nodes": [{}, {"name": [...]}]}``).
 
 For tests there is an admin side, in-process (methods of :class:`ColdFrontEmulator`) and
 over HTTP under ``/_emulator/`` (no auth; loopback only): seed data, reset, count requests
@@ -51,6 +66,21 @@ PAGE_SIZE = 100
 ALLOCATION_MIN = Decimal("0.00")
 ALLOCATION_MAX = Decimal("100000000.00")
 SERVICE_UNITS = "Service Units"
+#: Project prefixes of myBRC's periodic computing allowances (FCA, ICA, PCA).
+PERIODIC_PREFIXES = ("fc_", "ic_", "pc_")
+#: ``ProjectStatusChoice`` ids as the server's ``add_default_project_choices`` creates them.
+PROJECT_STATUS_IDS = {"New": 1, "Active": 2, "Archived": 3, "Denied": 4, "Inactive": 5}
+#: ``FieldOfScience.DEFAULT_PK``: the field of science of a project nobody has described.
+FIELD_OF_SCIENCE_DEFAULT = 149
+#: Django's own 404 page (DEBUG off) for a URL no route matches, e.g. a job id with a ``.``.
+DJANGO_NOT_FOUND = (
+    '\n<!doctype html>\n<html lang="en">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n'
+    "  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n"
+)
+
+
+class RawBody(str):
+    """A body sent as it is (``text/html``), not as JSON: Django's own error pages."""
 
 
 class ApiResponse(Exception):
@@ -80,12 +110,22 @@ class ColdFrontEmulator:
     """The API's data, its rules, and an HTTP server in a thread.
 
     :param period_start_month: first month of the allowance year (6 = myBRC, 10 = myLRC).
-    :param time_zone: the server's display time zone (naive dates are read in it).
+    :param time_zone: the server's display time zone (``DISPLAY_TIME_ZONE``): allocation
+        dates and the allowance year are its days. Times are stored and answered in UTC.
+    :param periodic_prefixes: project name prefixes of the periodic computing allowances,
+        whose jobs are charged only if the allocation has an end date they ended by.
     """
 
-    def __init__(self, *, period_start_month: int = 6, time_zone: str = "America/Los_Angeles"):
+    def __init__(
+        self,
+        *,
+        period_start_month: int = 6,
+        time_zone: str = "America/Los_Angeles",
+        periodic_prefixes: tuple[str, ...] = PERIODIC_PREFIXES,
+    ):
         self.period_start_month = period_start_month
         self.zone = ZoneInfo(time_zone)
+        self.periodic_prefixes = tuple(periodic_prefixes)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -117,10 +157,13 @@ class ColdFrontEmulator:
         """Add users, tokens and projects (each with a compute allocation and members).
 
         ``spec`` = ``{"users": [{"username", "cluster_uid"}], "tokens": [{"key", "username",
-        "is_staff", "is_active", "expires"}], "projects": [{"name", "resource",
-        "service_units", "start_date", "end_date", "users": [usernames], "allocation_status"}]}``.
+        "is_staff", "is_active", "expires"}], "resources": [names the server knows], "projects":
+        [{"name", "resource", "service_units", "start_date", "end_date", "users": [usernames],
+        "allocation_status"}]}``. The server charges a job only within its allocation's
+        dates: give ``start_date`` and, for ``fc_``/``ic_``/``pc_`` projects, ``end_date``.
         """
         with self._lock:
+            self.resources.update(spec.get("resources", []))
             for user in spec.get("users", []):
                 self.add_user(user["username"], str(user["cluster_uid"]))
             for token in spec.get("tokens", []):
@@ -181,9 +224,11 @@ class ColdFrontEmulator:
         allocation_status: str = "Active",
     ) -> dict:
         with self._lock:
+            now = datetime.now(UTC)
             project = {
-                "id": self._next_id("project"), "name": name, "title": name, "description": "",
-                "status": "Active", "compute_resource": resource,
+                "id": self._next_id("project"), "created": now, "modified": now, "name": name, "title": name,
+                "description": "", "field_of_science": FIELD_OF_SCIENCE_DEFAULT, "status": "Active",
+                "force_review": False, "requires_review": True, "compute_resource": resource,
             }  # fmt: skip
             self.projects[project["id"]] = project
             if resource:
@@ -222,6 +267,24 @@ class ColdFrontEmulator:
                 "allocation_user": au_id, "value": str(service_units or attribute["value"]),
                 "usage": Decimal("0.00"),
             }  # fmt: skip
+
+    def set_usage(self, project: str, value: str | Decimal, username: str | None = None) -> None:
+        """Set a usage by hand, as an administrator can (the project's, or one member's)."""
+        with self._lock:
+            allocation = self._compute_allocation(project, active_only=False)
+            if username is None:
+                self._su_attribute(allocation["id"])["usage"] = Decimal(str(value))
+                return
+            for au in self.allocation_users.values():
+                if au["allocation"] == allocation["id"] and au["user"] == username:
+                    self._user_su_attribute(au["id"])["usage"] = Decimal(str(value))
+                    return
+        raise KeyError(f"{username} is not in {project}'s allocation")
+
+    def delete_job(self, jobslurmid: str) -> None:
+        """Delete a job, usage untouched (an administrator's delete in Django's admin)."""
+        with self._lock:
+            del self.jobs[jobslurmid]
 
     def reset_jobs(self) -> None:
         """Forget every job and set every usage back to 0 (projects, users, tokens stay)."""
@@ -437,6 +500,9 @@ class ColdFrontEmulator:
             raise ApiResponse(404, {"detail": "Not found."})
         if not parts or any(p == "" for p in parts):
             raise ApiResponse(404, {"detail": "Not found."})
+        if any("." in p for p in parts):
+            # The router's lookups are [^/.]+: no view is reached, auth is not even checked.
+            raise ApiResponse(404, RawBody(DJANGO_NOT_FOUND))
         user = self._authenticate(headers.get("authorization"))
         if method not in ("GET", "HEAD", "OPTIONS") and not (user["is_staff"] or user["is_superuser"]):
             raise ApiResponse(403, {"detail": "You do not have permission to perform this action."})
@@ -479,13 +545,13 @@ class ColdFrontEmulator:
                 return self._page(rows, query, base, self._project_out)
             if len(rest) == 1:
                 self._allow(method, "GET")
-                return 200, self._project_out(self._by_pk(self.projects, rest[0]))
+                return 200, self._project_out(self._by_pk(self.projects, rest[0], "Project"))
         if head == "allocations":
             if not rest:
                 self._allow(method, "GET")
                 rows = self._filter_allocations(query)
                 return self._page(rows, query, base, self._allocation_out)
-            allocation = self._by_pk(self.allocations, rest[0])
+            allocation = self._by_pk(self.allocations, rest[0], "Allocation")
             if len(rest) == 1:
                 self._allow(method, "GET")
                 return 200, self._allocation_out(allocation)
@@ -498,7 +564,7 @@ class ColdFrontEmulator:
             if not rest:
                 self._allow(method, "GET")
                 return self._page(self._filter_allocation_users(query), query, base, self._allocation_user_out)
-            allocation_user = self._by_pk(self.allocation_users, rest[0])
+            allocation_user = self._by_pk(self.allocation_users, rest[0], "AllocationUser")
             if len(rest) == 1:
                 self._allow(method, "GET")
                 return 200, self._allocation_user_out(allocation_user)
@@ -518,7 +584,7 @@ class ColdFrontEmulator:
                 if method == "GET":
                     job = self.jobs.get(jobslurmid)
                     if job is None:
-                        raise ApiResponse(404, {"detail": "Not found."})
+                        raise ApiResponse(404, {"detail": "No Job matches the given query."})
                     return 200, self._job_out(job)
                 if method == "PATCH":
                     return 200, {"failure": "This method is not supported."}
@@ -531,9 +597,11 @@ class ColdFrontEmulator:
             raise ApiResponse(405, {"detail": f'Method "{method}" not allowed.'})
 
     @staticmethod
-    def _by_pk(table: dict[int, dict], text: str) -> dict:
-        if not text.isdigit() or int(text) not in table:
-            raise ApiResponse(404, {"detail": "Not found."})
+    def _by_pk(table: dict[int, dict], text: str, model: str) -> dict:
+        if not text.isdigit():
+            raise ApiResponse(404, {"detail": "Not found."})  # DRF: a pk that is no number
+        if int(text) not in table:
+            raise ApiResponse(404, {"detail": f"No {model} matches the given query."})
         return table[int(text)]
 
     @staticmethod
@@ -631,7 +699,10 @@ class ColdFrontEmulator:
     # -- renderers -------------------------------------------------------------------------
 
     def _project_out(self, project: dict) -> dict:
-        return {k: v for k, v in project.items() if k != "compute_resource"}
+        out = {k: v for k, v in project.items() if k != "compute_resource"}
+        out["created"], out["modified"] = self._time_out(project["created"]), self._time_out(project["modified"])
+        out["status"] = PROJECT_STATUS_IDS[project["status"]]  # ProjectSerializer: fields "__all__"
+        return out
 
     def _allocation_out(self, allocation: dict) -> dict:
         out = dict(allocation)
@@ -658,8 +729,7 @@ class ColdFrontEmulator:
     def _time_out(self, value: datetime | None) -> str | None:
         if value is None:
             return None
-        text = value.astimezone(self.zone).isoformat()
-        return text[:-6] + "Z" if text.endswith("+00:00") else text
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
     def _job_out(self, job: dict) -> dict:
         return {
@@ -784,7 +854,8 @@ class ColdFrontEmulator:
         jobs = [j for j in jobs if j["startdate"] is not None and times[0] <= j["startdate"] <= times[1]]
         jobs.sort(key=lambda j: j["startdate"])
         totals = {
-            "total_amount": _money(sum((j["amount"] for j in jobs), Decimal("0.00"))),
+            # A Decimal aggregate outside a serializer: DRF's JSON encoder writes a number.
+            "total_amount": float(sum((j["amount"] for j in jobs), Decimal("0.00"))),
             "total_cpu_time": float(sum(j["cpu_time"] or 0.0 for j in jobs)),
         }
         return self._page(jobs, query, base, self._job_out, totals)
@@ -801,10 +872,10 @@ class ColdFrontEmulator:
             ]
             return None
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=self.zone)  # DRF: naive means the server's zone
+            parsed = parsed.replace(tzinfo=UTC)  # DRF: naive means the server's TIME_ZONE, UTC
         return parsed.astimezone(UTC)
 
-    def _validate_job(self, data: dict, instance: dict | None, url_id: str | None) -> dict:
+    def _validate_job(self, data: dict, instance: dict | None) -> dict:
         """The JobSerializer: field checks, then ``validate``; 400 with DRF's shapes."""
         errors: dict[str, list[str]] = {}
         out: dict[str, Any] = {}
@@ -823,8 +894,9 @@ class ColdFrontEmulator:
             out[name] = value
 
         text_field("jobslurmid", 150, required=True)
-        if url_id is not None and out.get("jobslurmid") not in (None, url_id):
-            errors.setdefault("jobslurmid", []).append("Does not match the job id in the URL.")
+        # The primary key's UniqueValidator (the instance itself excluded).
+        if out.get("jobslurmid") in self.jobs and (instance is None or instance["jobslurmid"] != out["jobslurmid"]):
+            errors["jobslurmid"] = ["job with this jobslurmid already exists."]
         for name in ("submitdate", "startdate", "enddate"):
             out[name] = self._parse_time(data.get(name), name, errors)
         cluster_uid = data.get("userid")
@@ -870,17 +942,9 @@ class ColdFrontEmulator:
             errors["amount"] = ["This field may not be null."]
         for name in ("jobstatus", "partition", "qos"):
             text_field(name, 50)
-        nodes = data.get("nodes")
         out["nodes"] = None
-        if nodes is not None:
-            if not isinstance(nodes, list) or not all(
-                isinstance(n, dict) and isinstance(n.get("name"), str) for n in nodes
-            ):
-                errors["nodes"] = ['Expected a list of items like {"name": "n0001"}.']
-            elif any(len(n["name"]) > 30 for n in nodes):
-                errors["nodes"] = ["Ensure this field has no more than 30 characters."]
-            else:
-                out["nodes"] = [n["name"] for n in nodes]
+        if data.get("nodes") is not None:
+            out["nodes"] = self._nodes(data["nodes"], errors)
         for name in ("num_cpus", "num_req_nodes", "num_alloc_nodes"):
             out[name] = self._number(data.get(name), name, int, errors)
         for name in ("raw_time", "cpu_time"):
@@ -900,6 +964,34 @@ class ColdFrontEmulator:
         return out
 
     @staticmethod
+    def _nodes(nodes: Any, errors: dict) -> list[str] | None:
+        """``NodeSerializer(many=True)``: errors nested per node, ``{}`` for the good ones."""
+        if not isinstance(nodes, list):
+            errors["nodes"] = {"non_field_errors": [f'Expected a list of items but got type "{type(nodes).__name__}".']}
+            return None
+        names, per_node = [], []
+        for node in nodes:
+            if not isinstance(node, dict):
+                kind = type(node).__name__
+                per_node.append({"non_field_errors": [f"Invalid data. Expected a dictionary, but got {kind}."]})
+                continue
+            name = node.get("name")
+            if name is None or name == "":
+                missing = "This field is required." if name is None else "This field may not be blank."
+                per_node.append({"name": [missing]})
+            elif isinstance(name, bool) or not isinstance(name, (str, int, float)):
+                per_node.append({"name": ["Not a valid string."]})
+            elif len(str(name)) > 30:
+                per_node.append({"name": ["Ensure this field has no more than 30 characters."]})
+            else:
+                per_node.append({})
+                names.append(str(name))
+        if any(per_node):
+            errors["nodes"] = per_node
+            return None
+        return names
+
+    @staticmethod
     def _number(value: Any, name: str, kind: type, errors: dict) -> Any:
         if value is None or value == "":
             return None
@@ -911,25 +1003,28 @@ class ColdFrontEmulator:
             errors[name] = ["A valid integer is required." if kind is int else "A valid number is required."]
             return None
 
+    def _day_start(self, day: str) -> datetime:
+        """Midnight of an allocation date in the display time zone, as UTC."""
+        return datetime.combine(date.fromisoformat(day), datetime.min.time(), self.zone).astimezone(UTC)
+
     def _dates_valid(self, job: dict, allocation: dict, end_expected: bool) -> bool:
-        """``validate_job_dates``: usage moves only for jobs with the expected dates that ran
-        within the allocation's dates."""
+        """``validate_job_dates``: usage moves only for a job with the expected dates that
+        started on or after its allocation's start date and, when an end date is expected and
+        the project is a periodic allowance, ended by the allocation's end date (which it
+        must then have)."""
         needed = ["submitdate", "startdate"] + (["enddate"] if end_expected else [])
         if any(job.get(k) is None for k in needed):
             return False
         if not allocation.get("start_date"):
             return False
-        allocation_start = datetime.combine(
-            date.fromisoformat(allocation["start_date"]), datetime.min.time(), self.zone
-        )
-        if job["startdate"] < allocation_start.astimezone(UTC):
+        if job["startdate"] < self._day_start(allocation["start_date"]):
             return False
-        if end_expected and allocation.get("end_date"):
-            last = date.fromisoformat(allocation["end_date"]) + timedelta(days=1)
-            allocation_end = datetime.combine(last, datetime.min.time(), self.zone) - timedelta(microseconds=1)
-            if job["enddate"] > allocation_end.astimezone(UTC):
-                return False
-        return True
+        if not end_expected or not allocation["project"].startswith(self.periodic_prefixes):
+            return True
+        if not allocation.get("end_date"):
+            return False
+        last = date.fromisoformat(allocation["end_date"]) + timedelta(days=1)
+        return job["enddate"] <= self._day_start(last.isoformat()) - timedelta(microseconds=1)
 
     _JOB_FIELDS = (
         "jobslurmid", "submitdate", "startdate", "enddate", "userid", "accountid", "amount", "jobstatus",
@@ -953,9 +1048,7 @@ class ColdFrontEmulator:
         return existing
 
     def _create_job(self, payload: dict) -> tuple[int, Any]:
-        data = self._validate_job(payload, None, None)
-        if data["jobslurmid"] in self.jobs:
-            raise _validation_error({"jobslurmid": ["job with this jobslurmid already exists."]})
+        data = self._validate_job(payload, None)
         allocation, attribute, user_attribute = self._accounting_objects(data["accountid"], data["userid"])
         if "amount" in data and self._dates_valid(data, allocation, end_expected=False):
             attribute["usage"] += data["amount"]
@@ -963,9 +1056,11 @@ class ColdFrontEmulator:
         job = self._store_job(data, None)
         return 201, self._job_out(job)
 
-    def _update_job(self, jobslurmid: str, payload: dict) -> tuple[int, Any]:
-        instance = self.jobs.get(jobslurmid)
-        data = self._validate_job(payload, instance, jobslurmid)
+    def _update_job(self, url_id: str, payload: dict) -> tuple[int, Any]:
+        # The URL's job is the serializer's instance (its user and account must not change);
+        # the job stored and charged is the one the body names.
+        data = self._validate_job(payload, self.jobs.get(url_id))
+        instance = self.jobs.get(data["jobslurmid"])
         allocation, attribute, user_attribute = self._accounting_objects(data["accountid"], data["userid"])
         if "amount" in data and self._dates_valid(data, allocation, end_expected=True):
             amount = data["amount"]
@@ -977,7 +1072,7 @@ class ColdFrontEmulator:
                 attribute["usage"] = max(attribute["usage"] + difference, Decimal("0.00"))
                 user_attribute["usage"] = max(user_attribute["usage"] + difference, Decimal("0.00"))
         job = self._store_job(data, instance)
-        return (201 if instance is None else 200), self._job_out(job)
+        return 200, self._job_out(job)  # UpdateModelMixin answers 200, creating or not
 
 
 class _Server(ThreadingHTTPServer):
@@ -1015,9 +1110,12 @@ class _Handler(BaseHTTPRequestHandler):
         if drop:
             self.close_connection = True
             return
-        data = json.dumps(payload, default=str).encode()
+        if isinstance(payload, RawBody):
+            data, content_type = payload.encode(), "text/html; charset=utf-8"
+        else:
+            data, content_type = json.dumps(payload, default=str).encode(), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Vary", "Accept")
         for key, value in extra.items():
@@ -1041,7 +1139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     parser.add_argument("--seed", help="JSON file of users, tokens and projects (see ColdFrontEmulator.seed)")
     parser.add_argument("--period-start-month", type=int, default=6, help="6 = myBRC, 10 = myLRC")
-    parser.add_argument("--time-zone", default="America/Los_Angeles", help="the server's display time zone")
+    parser.add_argument(
+        "--time-zone",
+        default="America/Los_Angeles",
+        help="the server's display time zone (allocation dates); times are answered in UTC",
+    )
     args = parser.parse_args(argv)
     emulator = ColdFrontEmulator(period_start_month=args.period_start_month, time_zone=args.time_zone)
     if args.seed:

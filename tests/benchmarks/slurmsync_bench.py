@@ -130,8 +130,9 @@ def main() -> int:
             "users": [{"username": f"u{uid}", "cluster_uid": str(uid)} for uid in uids],
             "tokens": [{"key": TOKEN, "username": "syncbot", "is_staff": True}],
             "projects": [
+                # The dates the server needs to charge (fc_/ic_/pc_ allowances need an end date).
                 {"name": p, "resource": "Savio Compute", "service_units": "100000000.00", "start_date": "2025-06-01",
-                 "users": [f"u{uid}" for uid in members[p]]}
+                 "end_date": "2026-05-31", "users": [f"u{uid}" for uid in members[p]]}
                 for p in projects
             ],
         }  # fmt: skip

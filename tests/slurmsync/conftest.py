@@ -3,7 +3,9 @@
 The session's Slurm cluster gets two Slurm accounts (``pc_alpha``, ``fc_beta``), two Unix
 users, and five real jobs that end COMPLETED (one on 2 CPUs), FAILED, CANCELLED (after it
 ran) and one left RUNNING. The emulator knows the same projects and users, plus a project
-without a compute allocation and an excluded ``vector_`` project.
+without a compute allocation and an excluded ``vector_`` project. Every allocation has the
+dates the real server needs to charge a job (a start date; and for the periodic allowances
+``fc_``/``ic_``/``pc_`` an end date): ``ALLOCATION_START`` .. ``ALLOCATION_END``.
 
 A third account, ``ic_gamma``, holds one array job of two tasks (``sbatch --array=1-2``),
 both COMPLETED: sacct shows them as ``<array>_1`` and ``<array>_2``, each with its own raw
@@ -29,6 +31,9 @@ READER_TOKEN = "fedcba9876543210fedcba9876543210fedcba98"
 PRICES = {"debug": Decimal("1800"), "long": Decimal("3600")}
 ALICE, BOB = "ssync_alice", "ssync_bob"
 ARRAY_ACCOUNT = "ic_gamma"
+#: The test allocations' dates: every job of the tests (dumps from 2024, Slurm's jobs of
+#: today) ran between them, so the server charges each one.
+ALLOCATION_START, ALLOCATION_END = "2020-06-01", "2099-05-31"
 
 
 def seed_world(emulator: ColdFrontEmulator, alice_uid: str = "5001", bob_uid: str = "5002") -> None:
@@ -38,14 +43,15 @@ def seed_world(emulator: ColdFrontEmulator, alice_uid: str = "5001", bob_uid: st
             {"key": STAFF_TOKEN, "username": "syncbot", "is_staff": True},
             {"key": READER_TOKEN, "username": "viewer"},
         ],
+        "resources": ["Savio Compute", "Vector Compute"],
         "projects": [
             {"name": "pc_alpha", "resource": "Savio Compute", "service_units": "1000.00",
-             "start_date": "2020-06-01", "users": [ALICE]},
+             "start_date": ALLOCATION_START, "end_date": ALLOCATION_END, "users": [ALICE]},
             {"name": "fc_beta", "resource": "Savio Compute", "service_units": "500.00",
-             "start_date": "2020-06-01", "users": [ALICE, BOB]},
+             "start_date": ALLOCATION_START, "end_date": ALLOCATION_END, "users": [ALICE, BOB]},
             {"name": "ac_noalloc", "resource": None},
             {"name": "vector_x", "resource": "Vector Compute", "service_units": "100.00",
-             "start_date": "2020-06-01", "users": [ALICE]},
+             "start_date": ALLOCATION_START, "users": [ALICE]},
         ],
     })  # fmt: skip
 
@@ -106,7 +112,7 @@ def seed_array_world(emulator: ColdFrontEmulator, alice_uid: str) -> None:
         "users": [{"username": ALICE, "cluster_uid": alice_uid}],
         "tokens": [{"key": STAFF_TOKEN, "username": "syncbot", "is_staff": True}],
         "projects": [{"name": ARRAY_ACCOUNT, "resource": "Savio Compute", "service_units": "1000.00",
-                      "start_date": "2020-06-01", "users": [ALICE]}],
+                      "start_date": ALLOCATION_START, "end_date": ALLOCATION_END, "users": [ALICE]}],
     })  # fmt: skip
 
 

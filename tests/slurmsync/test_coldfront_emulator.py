@@ -1,4 +1,9 @@
-"""The ColdFront API emulator behaves like the real server, over real HTTP."""
+"""The ColdFront API emulator behaves like the real server, over real HTTP.
+
+One test per rule the real myBRC/myLRC server was seen to follow (see the emulator's
+docstring): the usage rule by prefix and allocation dates, UTC times, the answers' codes and
+shapes.
+"""
 
 from __future__ import annotations
 
@@ -73,7 +78,7 @@ def test_put_upsert_moves_usage_by_the_difference(emulator):
     seed_world(emulator)
     url = emulator.api_url + "jobs/7/"
     created = requests.put(url, json=job("7", "10.00"), headers=STAFF)
-    assert created.status_code == 201
+    assert created.status_code == 200  # the server's PUT answers 200 when it creates, too
     assert emulator.usage("pc_alpha") == Decimal("10.00") and emulator.user_usage("pc_alpha", ALICE) == Decimal("10")
     again = requests.put(url, json=job("7", "10.00"), headers=STAFF)
     assert again.status_code == 200 and emulator.usage("pc_alpha") == Decimal("10.00")  # idempotent
@@ -109,7 +114,7 @@ def test_serializer_rules(emulator):
         body = {**job(jid, "1.00"), **fields}
         return requests.put(emulator.api_url + f"jobs/{jid}/", json=body, headers=STAFF)
 
-    assert put("1", accountid="fc_beta").status_code == 201
+    assert put("1", accountid="fc_beta").status_code == 200
     not_member = put("2", userid="5002")  # bob is not in pc_alpha
     assert not_member.status_code == 400 and f"User {BOB} is not a member of account pc_alpha." in not_member.text
     backwards = put("3", enddate="2024-07-01T16:00:00Z")
@@ -120,8 +125,6 @@ def test_serializer_rules(emulator):
     assert moved.status_code == 400 and "does not match already associated account fc_beta" in moved.text
     cents = put("5", amount="1.234")
     assert "no more than 2 decimal places" in cents.text
-    naive = put("6", startdate="2024-07-01T10:00:00", submitdate="2024-07-01T09:00:00")
-    assert naive.json()["startdate"] == "2024-07-01T10:00:00-07:00"  # naive = the server's zone
 
 
 def test_jobs_list_filters_on_startdate(emulator):
@@ -131,7 +134,7 @@ def test_jobs_list_filters_on_startdate(emulator):
         requests.put(emulator.api_url + f"jobs/{n}/", json=body, headers=STAFF)
     base = {"jobstatus": "RUNNING", "start_time": 1719853200, "end_time": 1719853200}  # 2024-07-01T17:00Z
     page = requests.get(emulator.api_url + "jobs/", params=base, headers=STAFF).json()
-    assert page["count"] == 160 and len(page["results"]) == 100 and page["total_amount"] == "160.00"
+    assert page["count"] == 160 and len(page["results"]) == 100 and page["total_amount"] == 160.0
     assert "jobstatus=RUNNING" in page["next"] and "page=2" in page["next"]
     later = requests.get(emulator.api_url + "jobs/", params={**base, "start_time": 1719853201}, headers=STAFF).json()
     assert later["count"] == 0
@@ -140,10 +143,10 @@ def test_jobs_list_filters_on_startdate(emulator):
 def test_fault_injection_and_dropped_replies(emulator):
     seed_world(emulator)
     emulator.inject_fault(status=503, after=1, count=1, methods=["PUT"])
-    assert requests.put(emulator.api_url + "jobs/1/", json=job("1", "1.00"), headers=STAFF).status_code == 201
+    assert requests.put(emulator.api_url + "jobs/1/", json=job("1", "1.00"), headers=STAFF).status_code == 200
     assert requests.put(emulator.api_url + "jobs/2/", json=job("2", "1.00"), headers=STAFF).status_code == 503
     assert emulator.job("2") is None
-    assert requests.put(emulator.api_url + "jobs/2/", json=job("2", "1.00"), headers=STAFF).status_code == 201
+    assert requests.put(emulator.api_url + "jobs/2/", json=job("2", "1.00"), headers=STAFF).status_code == 200
     emulator.inject_fault(mode="drop", count=1, methods=["PUT"])
     session = requests.Session()
     try:
@@ -166,3 +169,142 @@ def test_admin_endpoints_over_http(emulator):
     assert requests.get(emulator.api_url + "projects/", headers=STAFF).status_code == 200
     assert requests.get(base + "requests").json()["by_url"]["GET /api/projects/"] == 2
     assert requests.get(base + "usage").json()["pc_alpha"]["usage"] == "0.00"
+
+
+# -- the real server's rules, one test each -----------------------------------------------
+
+
+def put_job(emulator, body: dict, url_id: str | None = None) -> requests.Response:
+    return requests.put(emulator.api_url + f"jobs/{url_id or body['jobslurmid']}/", json=body, headers=STAFF)
+
+
+def test_usage_rule_periodic_allowances_need_an_allocation_end_date_the_job_ended_by(emulator):
+    seed_world(emulator)
+    emulator.add_project("pc_open", resource="Savio Compute", start_date="2024-06-01", users=[ALICE])
+    emulator.add_project("fc_year", resource="Savio Compute", start_date="2024-06-01", end_date="2024-07-01",
+                         users=[ALICE])  # fmt: skip
+    # No end date: stored and answered 200, usage left alone.
+    stored = put_job(emulator, job("1", "10.00", accountid="pc_open"))
+    assert stored.status_code == 200 and stored.json()["amount"] == "10.00"
+    assert emulator.usage("pc_open") == 0 and emulator.user_usage("pc_open", ALICE) == 0
+    # End date 2024-07-01: its last instant is 2024-07-01T23:59:59.999999 in Los Angeles.
+    assert put_job(emulator, job("2", "5.00", accountid="fc_year", enddate="2024-07-02T06:59:59Z")).ok
+    assert emulator.usage("fc_year") == Decimal("5.00")
+    assert put_job(emulator, job("3", "7.00", accountid="fc_year", enddate="2024-07-02T07:00:00Z")).ok
+    assert emulator.usage("fc_year") == Decimal("5.00") and emulator.job("3")["amount"] == "7.00"
+    # POST (the plugin's RUNNING record) checks no end date: it charges in pc_open.
+    running = job("4", "9.00", accountid="pc_open", jobstatus="RUNNING", enddate=None)
+    assert requests.post(emulator.api_url + "jobs/", json=running, headers=STAFF).status_code == 201
+    assert emulator.usage("pc_open") == Decimal("9.00")
+    # ... and its final PUT then moves nothing: the estimate stays charged.
+    assert put_job(emulator, job("4", "2.00", accountid="pc_open")).ok
+    assert emulator.usage("pc_open") == Decimal("9.00") and emulator.job("4")["amount"] == "2.00"
+
+
+def test_usage_rule_other_prefixes_do_not_check_the_end_date(emulator):
+    seed_world(emulator)
+    emulator.add_project("ac_recharge", resource="Savio Compute", start_date="2024-06-01", users=[ALICE])
+    emulator.add_project("co_condo", resource="Savio Compute", start_date="2024-06-01", end_date="2024-06-30",
+                         users=[ALICE])  # fmt: skip
+    assert put_job(emulator, job("1", "3.00", accountid="ac_recharge")).ok
+    assert put_job(emulator, job("2", "4.00", accountid="co_condo")).ok  # ended after 06-30: charged all the same
+    assert emulator.usage("ac_recharge") == Decimal("3.00") and emulator.usage("co_condo") == Decimal("4.00")
+
+
+def test_usage_rule_a_job_needs_its_dates_and_a_start_on_or_after_the_allocation_start(emulator):
+    seed_world(emulator)
+    emulator.add_project("ac_new", resource="Savio Compute", start_date="2024-07-01", users=[ALICE])
+    emulator.add_project("ac_undated", resource="Savio Compute", users=[ALICE])
+    # The allocation starts at 2024-07-01 00:00 in Los Angeles = 07:00 UTC.
+    early = job("1", "2.00", accountid="ac_new", submitdate="2024-07-01T06:00:00Z", startdate="2024-07-01T06:59:59Z")
+    assert put_job(emulator, early).ok and emulator.usage("ac_new") == 0
+    on_time = job("2", "3.00", accountid="ac_new", submitdate="2024-07-01T06:00:00Z", startdate="2024-07-01T07:00:00Z")
+    assert put_job(emulator, on_time).ok and emulator.usage("ac_new") == Decimal("3.00")
+    assert put_job(emulator, job("3", "4.00", accountid="ac_new", enddate=None)).ok  # a PUT needs an end date
+    assert put_job(emulator, job("4", "5.00", accountid="ac_undated")).ok  # no allocation start date
+    assert emulator.usage("ac_new") == Decimal("3.00") and emulator.usage("ac_undated") == 0
+    assert {emulator.job(n)["amount"] for n in "134"} == {"2.00", "4.00", "5.00"}  # all stored
+
+
+def test_times_are_stored_and_answered_in_utc_and_naive_times_read_as_utc(emulator):
+    seed_world(emulator)
+    naive = put_job(emulator, job("6", "1.00", submitdate="2024-07-01T09:00:00", startdate="2024-07-01T10:00:00",
+                                  enddate="2024-07-01T14:30:00+02:00"))  # fmt: skip
+    assert naive.json()["startdate"] == "2024-07-01T10:00:00Z"
+    assert naive.json()["enddate"] == "2024-07-01T12:30:00Z"
+    listed = requests.get(emulator.api_url + "jobs/", params={"start_time": 0, "end_time": 2e9}, headers=STAFF)
+    assert listed.json()["results"][0]["submitdate"] == "2024-07-01T09:00:00Z"
+
+
+def test_a_creating_put_answers_200_and_the_body_names_the_job_not_the_url(emulator):
+    seed_world(emulator)
+    created = put_job(emulator, job("21", "2.00"), url_id="20")
+    assert created.status_code == 200 and created.json()["jobslurmid"] == "21"
+    assert emulator.job("20") is None and emulator.job("21")["amount"] == "2.00"
+    assert emulator.usage("pc_alpha") == Decimal("2.00")
+    # The URL names job 21, the body job 22: job 22 is created and charged, 21 is untouched.
+    assert put_job(emulator, job("22", "3.00"), url_id="21").status_code == 200
+    assert emulator.job("21")["amount"] == "2.00" and emulator.job("22")["amount"] == "3.00"
+    assert emulator.usage("pc_alpha") == Decimal("5.00")
+    # The body names an existing job under another URL: the primary key's unique check.
+    taken = put_job(emulator, job("22", "1.00"), url_id="99")
+    assert taken.status_code == 400 and taken.json() == {"jobslurmid": ["job with this jobslurmid already exists."]}
+
+
+def test_a_job_id_with_a_dot_matches_no_url(emulator):
+    seed_world(emulator)
+    for method in ("PUT", "GET"):
+        reply = requests.request(method, emulator.api_url + "jobs/7.batch/", json=job("7.batch", "1.00"))
+        assert reply.status_code == 404 and reply.headers["Content-Type"].startswith("text/html")
+        assert "<h1>Not Found</h1>" in reply.text  # Django's page: no view, not even the token check
+    assert emulator.all_jobs() == []
+
+
+def test_node_errors_are_nested_per_node(emulator):
+    seed_world(emulator)
+    bad = put_job(emulator, job("1", "1.00", nodes=[{"name": "n0001"}, {"name": "n" * 31}, {}, "n0002"]))
+    assert bad.status_code == 400
+    assert bad.json() == {"nodes": [
+        {}, {"name": ["Ensure this field has no more than 30 characters."]}, {"name": ["This field is required."]},
+        {"non_field_errors": ["Invalid data. Expected a dictionary, but got str."]},
+    ]}  # fmt: skip
+    flat = put_job(emulator, job("1", "1.00", nodes="n0001"))
+    assert flat.json() == {"nodes": {"non_field_errors": ['Expected a list of items but got type "str".']}}
+
+
+def test_total_amount_is_a_number(emulator):
+    seed_world(emulator)
+    put_job(emulator, job("1", "1.25"))
+    put_job(emulator, job("2", "2.50"))
+    page = requests.get(emulator.api_url + "jobs/", params={"start_time": 0, "end_time": 2e9}, headers=STAFF).json()
+    assert page["total_amount"] == 3.75 and isinstance(page["total_cpu_time"], float)
+    assert [j["amount"] for j in page["results"]] == ["1.25", "2.50"]  # the serializer's fields stay strings
+    empty = requests.get(emulator.api_url + "jobs/", params={"account": "fc_beta"}, headers=STAFF).json()
+    assert empty["total_amount"] == 0.0 and empty["count"] == 0
+
+
+def test_a_missing_job_says_no_job_matches(emulator):
+    seed_world(emulator)
+    missing = requests.get(emulator.api_url + "jobs/404/", headers=STAFF)
+    assert (missing.status_code, missing.json()) == (404, {"detail": "No Job matches the given query."})
+
+
+def test_project_items_carry_integer_status_and_every_model_field(emulator):
+    seed_world(emulator)
+    project = requests.get(emulator.api_url + "projects/", headers=STAFF).json()["results"][0]
+    assert set(project) == {"id", "created", "modified", "name", "title", "description", "field_of_science",
+                            "status", "force_review", "requires_review"}  # fmt: skip
+    assert project["status"] == 2 and project["field_of_science"] == 149  # ids: Active, the default field
+    assert project["created"].endswith("Z")
+
+
+def test_an_allocation_filter_on_a_known_resource_the_project_lacks_is_empty(emulator):
+    seed_world(emulator)
+    lacking = requests.get(
+        emulator.api_url + "allocations/", params={"project": "pc_alpha", "resources": "Vector Compute"}, headers=STAFF
+    )
+    assert (lacking.status_code, lacking.json()["count"], lacking.json()["results"]) == (200, 0, [])
+    unknown = requests.get(
+        emulator.api_url + "allocations/", params={"project": "pc_alpha", "resources": "Nowhere"}, headers=STAFF
+    )
+    assert unknown.status_code == 400 and "Nowhere is not one of the available choices" in unknown.text

@@ -43,10 +43,11 @@ def test_jobs_across_the_dst_fall_back_are_priced_by_their_real_duration(world):
     report = world.engine().full_sync(push=True)
     assert report.ok and (report.pushed, report.rejected) == (3, 0), report.message()
     one, two, three = (world.emulator.job(n) for n in ("1", "2", "3"))
-    assert (one["startdate"], one["enddate"]) == ("2024-11-03T01:50:00-07:00", "2024-11-03T01:10:00-08:00")
+    # 01:50 PDT (UTC-7) and 01:10 PST (UTC-8); the server answers in UTC.
+    assert (one["startdate"], one["enddate"]) == ("2024-11-03T08:50:00Z", "2024-11-03T09:10:00Z")
     assert one["amount"] == "600.00"  # 1800 SU/h x 1 CPU x 1/3 h
-    assert two["enddate"] == "2024-11-03T01:20:00-08:00" and two["amount"] == "6600.00"  # 2 CPUs x 110 min
-    assert three["enddate"] == "2024-11-03T01:40:00-07:00" and three["amount"] == "600.00"
+    assert two["enddate"] == "2024-11-03T09:20:00Z" and two["amount"] == "6600.00"  # 2 CPUs x 110 min
+    assert three["enddate"] == "2024-11-03T08:40:00Z" and three["amount"] == "600.00"
     assert world.emulator.usage("pc_alpha") == Decimal("7800.00")
 
 
@@ -93,7 +94,7 @@ def test_a_next_link_that_loops_back_is_refused_and_no_page_is_fetched_twice(wor
 
 
 def test_a_server_that_echoes_the_token_does_not_leak_it(world, monkeypatch):
-    def echo(data, instance, url_id):
+    def echo(data, instance):
         raise __import__("hpcsync.agents.testing.coldfront", fromlist=["x"])._validation_error(
             {"detail": [f"bad request with Authorization: Token {STAFF_TOKEN}"]}
         )

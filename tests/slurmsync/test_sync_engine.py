@@ -120,7 +120,7 @@ def test_full_sync_dry_run_push_and_no_op_rerun(world):
     assert world.emulator.user_usage("fc_beta", BOB) == Decimal("3600.00")
     job = world.emulator.job("103")
     assert job["nodes"] == [{"name": "n0061.savio2"}, {"name": "n0062.savio2"}]
-    assert job["jobstatus"] == "CANCELLED" and job["startdate"] == "2024-07-01T10:00:00-07:00"
+    assert job["jobstatus"] == "CANCELLED" and job["startdate"] == "2024-07-01T17:00:00Z"  # 10:00 PDT
     assert world.emulator.job("101")["jobstatus"] == "COMPLETING"  # the banking plugins' word
     assert world.emulator.job("106")["amount"] == "0.00"
     assert "101 UPDATED : " in (world.log_dir / "full_sync_testbrc.log").read_text()
