@@ -57,6 +57,13 @@ AGENTS: tuple[AgentEntry, ...] = (
         "slurmsync",
         "reconcile Slurm accounting (sacct/sacctmgr) with a ColdFront/myBRC/myLRC allocation API; dry run by default",
     ),
+    AgentEntry(
+        "MxSync",
+        "mxsync",
+        "repatriate Australian Synchrotron experiment (EPN) data: finished visits from the portal API, rsync/sftp "
+        "into <root>/<project>/<epn>/data/, verified, never queued twice; reads ASSyncy's config.yml; dry run "
+        "by default",
+    ),
 )
 
 

@@ -2,6 +2,7 @@
 
 from .base import Base, path_hash
 from .core import AgentRun, SyncCursor
+from .mxsync import EpnAlertAlert, MxSyncEpnTransfer
 from .slurmsync import SlurmJobPush
 from .suprsync import FILE_STATES, SupRsyncFile, TimecodeDir
 
@@ -9,6 +10,8 @@ __all__ = [
     "FILE_STATES",
     "AgentRun",
     "Base",
+    "EpnAlertAlert",
+    "MxSyncEpnTransfer",
     "SlurmJobPush",
     "SupRsyncFile",
     "SyncCursor",

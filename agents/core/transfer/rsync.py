@@ -58,6 +58,7 @@ from .base import (
     check_relative_paths,
     unsafe_relative_path,
 )
+from .tree import TreeOutcome, TreeRules
 
 log = logging.getLogger("hpcsync.transfer")
 
@@ -156,11 +157,14 @@ class RsyncBackend(Backend):
             extra=[*(["--rsh", rsh] if rsh else []), *extra, "--files-from=-", "--from0"],
         )
 
-    def _run_rsync(self, argv: list[str], names: list[bytes], timeout: float, cancel, *, pull: bool) -> CommandResult:
-        """Run one rsync fed ``names`` on stdin. Raises CommandTimeout, CommandCancelled,
+    def _run_rsync(
+        self, argv: list[str], names: list[bytes] | None, timeout: float, cancel, *, pull: bool
+    ) -> CommandResult:
+        """Run one rsync fed ``names`` on stdin (None: no stdin). Raises CommandTimeout, CommandCancelled,
         CommandError (rsync could not start), RemoteUnreachable or DestinationError (the
         receiving side is out of space or quota)."""
-        result = run_command(argv, input=b"\0".join(names) + b"\0", timeout=timeout, check=False, cancel=cancel)
+        stdin = None if names is None else b"\0".join(names) + b"\0"
+        result = run_command(argv, input=stdin, timeout=timeout, check=False, cancel=cancel)
         if result.returncode != 0:
             if self._unreachable(result.returncode, result.stderr):
                 raise RemoteUnreachable(self._unreachable_message(result.stderr, result.describe()))
@@ -415,6 +419,113 @@ class RsyncBackend(Backend):
             outcome.error = f"{len(left)} files could not be deleted on {self.describe()}: {reason}"
         return outcome
 
+    # -- whole trees (the optional features of :mod:`.tree`) ----------------------------------
+
+    def _remote_spec_under(self, prefix: str) -> str:
+        """``<basedir>/<prefix>/`` as rsync names it (the source of a tree pull)."""
+        return "/".join(p for p in (self._safe_basedir.rstrip("/"), prefix.strip("/")) if p) + "/"
+
+    def _tree_argv(self, rules: TreeRules, *, dry_run: bool, itemize: bool = False, checksums: bool = False):
+        """The one rsync option list of a tree pull: its dry run, its live run and its
+        verification differ only by ``--dry-run``, ``--itemize-changes`` and ``--checksum``."""
+        rsh = self._rsh()
+        extra = [*(["--rsh", rsh] if rsh else []), "--recursive", "--times", f"--partial-dir={rules.partial_dir}"]
+        if rules.size_only:
+            extra.append("--size-only")
+        extra += [f"--include={name}" for name in rules.keep_dotfiles]
+        if rules.exclude_dotfiles:
+            extra.append("--exclude=.*")
+        extra += ["--stats", "--no-human-readable"]
+        if dry_run:
+            extra.append("--dry-run")
+        if itemize:
+            extra.append("--itemize-changes")
+        if checksums:
+            extra.append("--checksum")
+        return rsync_base_argv(compress=self.compress, bwlimit=self.bwlimit, chmod=rules.chmod,
+                               timeout=RSYNC_IO_TIMEOUT, rsync_program=self.rsync_program, extra=extra)  # fmt: skip
+
+    def _tree_rsync(self, argv: list[str], prefix: str, outcome: TreeOutcome, timeout: float, cancel):
+        """Run a tree rsync; fill ``outcome`` from its exit status and ``--stats``."""
+        try:
+            result = self._run_rsync(argv, None, timeout, cancel, pull=True)
+        except CommandTimeout as exc:
+            outcome.ok, outcome.error, outcome.timed_out, outcome.elapsed = False, str(exc), True, timeout
+            return None
+        except CommandCancelled:
+            raise
+        except CommandError as exc:
+            outcome.ok, outcome.error = False, str(exc)
+            return None
+        outcome.returncode, outcome.elapsed = result.returncode, result.elapsed
+        stats = parse_rsync_stats(result.stdout)
+        outcome.files_total, outcome.bytes_total = stats.get("files", 0), stats.get("bytes", 0)
+        outcome.files_sent, outcome.bytes_sent = stats.get("files_sent", 0), stats.get("bytes_sent", 0)
+        if result.returncode != 0:
+            outcome.ok = False
+            if "No such file or directory" in result.stderr and prefix.strip("/") in result.stderr:
+                outcome.error = f"{prefix} does not exist on {self.describe()}: {result.describe()}"
+            else:
+                outcome.error = result.describe()
+        return result
+
+    def _local_target(self, local_dir: str) -> str:
+        target = local_dir.rstrip("/") or "/"
+        return (target if target.startswith("/") else "./" + target) + "/"
+
+    def pull_tree(self, prefix, local_dir, rules, *, dry_run=False, timeout, cancel=None) -> TreeOutcome:
+        """One rsync of ``<basedir>/<prefix>/`` into ``local_dir`` (see :func:`.tree.pull_tree`)."""
+        check_relative_paths([prefix])
+        if not dry_run:
+            os.makedirs(local_dir, exist_ok=True)
+        outcome = TreeOutcome(ok=True, dry_run=dry_run)
+        argv = [
+            *self._tree_argv(rules, dry_run=dry_run),
+            self._remote_spec_under(prefix),
+            self._local_target(local_dir),
+        ]
+        log.debug("rsync of tree %s from %s%s", prefix, self.describe(), " (dry run)" if dry_run else "")
+        self._tree_rsync(argv, prefix, outcome, timeout, cancel)
+        return outcome
+
+    def compare_tree(self, prefix, local_dir, rules, *, checksums=False, timeout, cancel=None) -> TreeOutcome:
+        """An rsync dry run of the same pull, itemized: every file it would still send is
+        a difference (``--checksum``: compared by content, read on both sides)."""
+        check_relative_paths([prefix])
+        outcome = TreeOutcome(ok=True, dry_run=True)
+        if not os.path.isdir(local_dir):
+            outcome.ok, outcome.error = False, f"{local_dir} does not exist"
+            return outcome
+        argv = [*self._tree_argv(rules, dry_run=True, itemize=True, checksums=checksums),
+                self._remote_spec_under(prefix), self._local_target(local_dir)]  # fmt: skip
+        result = self._tree_rsync(argv, prefix, outcome, timeout, cancel)
+        if result is not None:
+            for flags, name in parse_itemized(result.stdout):
+                if flags.startswith(">f"):
+                    why = "missing" if "+++" in flags else "checksum differs" if flags[2] == "c" else "size differs"
+                    outcome.note_difference(name, why)
+        return outcome
+
+    def list_dirs(self, prefix="", *, timeout, cancel=None) -> list[str]:
+        """One ``rsync --list-only`` of ``<basedir>/<prefix>/`` (works on hosts that allow
+        rsync but no shell, as ASSyncy's epnalert listed ``/data/<beamline>/``)."""
+        if prefix.strip("/"):
+            check_relative_paths([prefix])
+        rsh = self._rsh()
+        argv = rsync_base_argv(timeout=RSYNC_IO_TIMEOUT, rsync_program=self.rsync_program,
+                               extra=[*(["--rsh", rsh] if rsh else []), "--list-only", "--no-human-readable",
+                                      self._remote_spec_under(prefix)])  # fmt: skip
+        try:
+            result = self._run_rsync(argv, None, timeout, cancel, pull=True)
+        except CommandTimeout as exc:
+            raise RemoteUnreachable(f"listing {self.describe()} did not answer: {exc}") from None
+        if result.returncode != 0:
+            if "No such file or directory" in result.stderr:
+                where = "/".join(p for p in (self.basedir, prefix.strip("/")) if p)
+                raise DestinationError(f"{where} does not exist on {self.describe()}")
+            raise CommandError(f"listing {self.describe()}: {result.describe()}", result)
+        return sorted(name for kind, name in parse_list_only(result.stdout) if kind == "d" and name != ".")
+
 
 class LocalRsyncBackend(RsyncBackend):
     """Files live in a directory on this machine (rsync without a remote shell)."""
@@ -453,6 +564,9 @@ class SshRsyncBackend(RsyncBackend):
 
     def _remote_spec(self) -> str:
         return self._ssh.rsync_remote(self.basedir + "/")
+
+    def _remote_spec_under(self, prefix: str) -> str:
+        return self._ssh.rsync_remote("/".join(p for p in (self.basedir.rstrip("/"), prefix.strip("/")) if p) + "/")
 
     def _command_argv(self, argv):
         ssh = self._ssh
@@ -603,6 +717,49 @@ def parse_find_output(stdout: bytes) -> list[Entry]:
             path = path[2:]
         entries.append(Entry(path, int(size), float(mtime)))
     return entries
+
+
+_STATS = {
+    "files": re.compile(r"^Number of files: ([\d,]+)(?: \(reg: ([\d,]+))?", re.M),
+    "files_sent": re.compile(r"^Number of regular files transferred: ([\d,]+)", re.M),
+    "bytes": re.compile(r"^Total file size: ([\d,]+)", re.M),
+    "bytes_sent": re.compile(r"^Total transferred file size: ([\d,]+)", re.M),
+}
+
+
+def parse_rsync_stats(stdout: str) -> dict[str, int]:
+    """The counts of rsync's ``--stats`` block: ``files`` (regular files in the source),
+    ``files_sent``, ``bytes`` and ``bytes_sent`` (missing ones are left out)."""
+    found = {}
+    for key, pattern in _STATS.items():
+        m = pattern.search(stdout)
+        if m:
+            value = m.group(2) if key == "files" and m.group(2) else m.group(1)
+            found[key] = int(value.replace(",", ""))
+    return found
+
+
+_ITEM_RE = re.compile(r"^([<>ch.*][fdLDS][.+?a-zA-Z]{9}) (.+)$")
+_LIST_RE = re.compile(r"^([-dlcbps])[-rwxsStT]{9}\S*\s+[\d,]+\s+\S+\s+\S+ (.+)$")
+
+
+def _rsync_unescape(name: str) -> str:
+    """A name as rsync printed it, where unprintable bytes are ``\\#ooo`` (octal)."""
+    if "\\#" not in name:
+        return name
+    raw = re.sub(rb"\\#([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), os.fsencode(name))
+    return os.fsdecode(raw)
+
+
+def parse_itemized(stdout: str) -> list[tuple[str, str]]:
+    """``(flags, name)`` of each ``--itemize-changes`` line (names unescaped)."""
+    return [(m.group(1), _rsync_unescape(m.group(2))) for m in map(_ITEM_RE.match, stdout.splitlines()) if m]
+
+
+def parse_list_only(stdout: str) -> list[tuple[str, str]]:
+    """``(kind, name)`` of each ``rsync --list-only`` line: kind ``d`` directory, ``-`` file,
+    ``l`` symlink ... (names unescaped)."""
+    return [(m.group(1), _rsync_unescape(m.group(2))) for m in map(_LIST_RE.match, stdout.splitlines()) if m]
 
 
 def _move_into_place(src: str, dst: str, *, copy: bool = False) -> None:
