@@ -58,6 +58,12 @@ AGENTS: tuple[AgentEntry, ...] = (
         "reconcile Slurm accounting (sacct/sacctmgr) with a ColdFront/myBRC/myLRC allocation API; dry run by default",
     ),
     AgentEntry(
+        "MpistatReporter",
+        "mpistat",
+        "from mpistat/wrstat dumps: lurge's per-group usage report (LDAP names and PIs, quotas, archives) to TSV and "
+        "the shared db, project inspector, group splitter with S3 upload, usage history",
+    ),
+    AgentEntry(
         "MxSync",
         "mxsync",
         "repatriate Australian Synchrotron experiment (EPN) data: finished visits from the portal API, rsync/sftp "

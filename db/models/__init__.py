@@ -2,6 +2,16 @@
 
 from .base import Base, path_hash
 from .core import AgentRun, SyncCursor
+from .mpistat import (
+    MpistatDirectory,
+    MpistatDirectorySet,
+    MpistatFileSize,
+    MpistatFiletype,
+    MpistatLustreUsage,
+    MpistatPi,
+    MpistatUnixGroup,
+    MpistatVolume,
+)
 from .mxsync import EpnAlertAlert, MxSyncEpnTransfer
 from .slurmsync import SlurmJobPush
 from .suprsync import FILE_STATES, SupRsyncFile, TimecodeDir
@@ -11,6 +21,14 @@ __all__ = [
     "AgentRun",
     "Base",
     "EpnAlertAlert",
+    "MpistatDirectory",
+    "MpistatDirectorySet",
+    "MpistatFileSize",
+    "MpistatFiletype",
+    "MpistatLustreUsage",
+    "MpistatPi",
+    "MpistatUnixGroup",
+    "MpistatVolume",
     "MxSyncEpnTransfer",
     "SlurmJobPush",
     "SupRsyncFile",

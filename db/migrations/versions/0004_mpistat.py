@@ -67,9 +67,7 @@ def upgrade() -> None:
         sa.Column("archived_path", sa.Text(), nullable=True),
         sa.Column("entries", sa.BigInteger(), nullable=False),
         sa.Column("warning", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["pi_id"], ["mpistat_pi.pi_id"], name=op.f("fk_mpistat_lustre_usage_pi_id_mpistat_pi")
-        ),
+        sa.ForeignKeyConstraint(["pi_id"], ["mpistat_pi.pi_id"], name=op.f("fk_mpistat_lustre_usage_pi_id_mpistat_pi")),
         sa.ForeignKeyConstraint(
             ["unix_id"],
             ["mpistat_unix_group.group_id"],
@@ -79,9 +77,7 @@ def upgrade() -> None:
             ["volume_id"], ["mpistat_volume.volume_id"], name=op.f("fk_mpistat_lustre_usage_volume_id_mpistat_volume")
         ),
         sa.PrimaryKeyConstraint("record_id", name=op.f("pk_mpistat_lustre_usage")),
-        sa.UniqueConstraint(
-            "record_date", "volume_id", "unix_id", name="uq_mpistat_lustre_usage_date_volume_group"
-        ),
+        sa.UniqueConstraint("record_date", "volume_id", "unix_id", name="uq_mpistat_lustre_usage_date_volume_group"),
     )
     with op.batch_alter_table("mpistat_lustre_usage", schema=None) as batch_op:
         batch_op.create_index(

@@ -1,0 +1,593 @@
+"""Reading mpistat and wrstat dumps: streaming, columnar, in bounded memory.
+
+A dump is one line per filesystem entry, tab-separated, no header (see the docs page):
+
+====  ==========================================================================
+ 1    the path: standard base64 (mpistat, wrstat < 5.1), wrstat's lexically ordered
+      base64 alphabet ``+/0-9A-Za-z`` (wrstat 5.1), or Go ``%q`` quoted (wrstat >= 5.2)
+ 2    size in bytes (mpistat caps it at ``st_blocks*512``)
+ 3-4  uid, gid
+ 5-7  atime, mtime, ctime (epoch seconds)
+ 8    type: ``f d l s b c F X``
+ 9-11 inode, nlink, st_dev
+ 12   apparent size (wrstat >= 6.4 only)
+====  ==========================================================================
+
+The path encoding and the column count are detected per file from its first lines. The
+file (gzip, possibly several concatenated members, or plain text) is decompressed in a
+background thread (python-isal when installed, else zlib; both release the GIL) into
+blocks of whole lines, and each block is parsed into columns by polars. A malformed line
+(wrong column count, undecodable path, non-integer numeric field, unknown type) is counted
+by kind, its line number kept (the first :data:`KEEP_BAD_LINES`), and skipped.
+
+Memory is bounded by the block size times the queue depth, whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from .errors import DumpError
+
+try:  # python-isal: the same API as zlib, 2-3x faster inflate
+    from isal import isal_zlib as _zlib
+
+    INFLATE = "isal"
+except ImportError:  # pragma: no cover - isal is optional
+    import zlib as _zlib
+
+    INFLATE = "zlib"
+
+#: Bytes of decompressed text per parsed block (whole lines).
+BLOCK_SIZE = 8 << 20
+#: Blocks decompressed ahead of the parser.
+QUEUE_DEPTH = 2
+#: Compressed bytes read per call.
+READ_SIZE = 1 << 20
+#: Malformed lines whose number and kind are kept (all are counted).
+KEEP_BAD_LINES = 20
+
+BASE64 = "base64"
+BASE64_LEXICAL = "base64-lexical"
+QUOTED = "quoted"
+ENCODINGS = (BASE64, BASE64_LEXICAL, QUOTED)
+
+STD_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+LEXICAL_ALPHABET = b"+/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_LEX_TO_STD = bytes.maketrans(LEXICAL_ALPHABET, STD_ALPHABET)
+_STD_TO_LEX = bytes.maketrans(STD_ALPHABET, LEXICAL_ALPHABET)
+
+#: Entry types the crawlers write.
+TYPES = ("f", "d", "l", "s", "b", "c", "F", "X")
+
+BASE_COLUMNS = ("path", "size", "uid", "gid", "atime", "mtime", "ctime", "type", "inode", "nlink", "dev")
+APPARENT = "apparent_size"
+_SIGNED = ("size", "uid", "gid", "atime", "mtime", "ctime", APPARENT)
+_UNSIGNED = ("inode", "nlink", "dev")
+
+# Kinds of malformed line.
+WRONG_COLUMNS = "wrong column count"
+BAD_PATH = "undecodable path"
+NOT_INTEGER = "non-integer numeric field"
+BAD_TYPE = "unknown entry type"
+KINDS = (WRONG_COLUMNS, BAD_PATH, NOT_INTEGER, BAD_TYPE)
+
+# One valid encoded path, whole field. Base64 (either alphabet: same characters) with its
+# padding, at least one group; Go %q: a double-quoted string with Go's escapes.
+_B64_RE = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{4}|[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+_QUOTED_RE = (
+    r'^"(?:[^"\\\x00-\x1f\x7f]|\\[abfnrtv\\"]|\\x[0-9a-fA-F]{2}|\\[0-7]{3}|\\u[0-9a-fA-F]{4}'
+    r'|\\U[0-9a-fA-F]{8})*"$'
+)
+_B64_BYTES = re.compile(_B64_RE.encode())
+_QUOTED_BYTES = re.compile(_QUOTED_RE.encode())
+
+
+@dataclass(frozen=True)
+class DumpFormat:
+    """How one file's lines are written."""
+
+    encoding: str
+    columns: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return BASE_COLUMNS + ((APPARENT,) if self.columns == 12 else ())
+
+    @property
+    def schema(self) -> dict[str, type[pl.DataType]]:
+        out: dict[str, type[pl.DataType]] = {}
+        for name in self.names:
+            out[name] = pl.String if name in ("path", "type") else pl.UInt64 if name in _UNSIGNED else pl.Int64
+        return out
+
+    def describe(self) -> str:
+        return f"{self.columns} columns, paths {self.encoding}"
+
+
+@dataclass
+class BadLines:
+    """The malformed-line accounting of one file (or several, merged)."""
+
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    #: ``(file, line number, kind)`` of the first :data:`KEEP_BAD_LINES`
+    first: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, file: str, line: int, kind: str) -> None:
+        self.counts[kind] += 1
+        if len(self.first) < KEEP_BAD_LINES:
+            self.first.append((file, line, kind))
+
+    def merge(self, other: BadLines) -> None:
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        room = KEEP_BAD_LINES - len(self.first)
+        self.first.extend(other.first[:room])
+
+    def summary(self) -> dict:
+        return {
+            "total": self.total,
+            **{kind.replace(" ", "_").replace("-", "_"): n for kind, n in self.counts.items()},
+            "first": [f"{Path(f).name}:{n}: {kind}" for f, n, kind in self.first],
+        }
+
+
+# -- paths ------------------------------------------------------------------------------
+
+
+def decode_path(field_value: bytes | str, encoding: str) -> bytes:
+    """The raw path bytes of one encoded path field; ValueError if it is not decodable."""
+    raw = field_value.encode("utf-8", "surrogateescape") if isinstance(field_value, str) else field_value
+    if encoding == QUOTED:
+        if not _QUOTED_BYTES.match(raw):
+            raise ValueError("not a Go-quoted string")
+        return _unquote_go(raw[1:-1])
+    if not _B64_BYTES.match(raw):
+        raise ValueError("not base64")
+    if encoding == BASE64_LEXICAL:
+        raw = raw.translate(_LEX_TO_STD)
+    return binascii.a2b_base64(raw)
+
+
+def encode_path(path: bytes, encoding: str) -> str:
+    """``path`` as a dump writes it (the inverse of :func:`decode_path`)."""
+    if encoding == QUOTED:
+        return quote_go(path)
+    text = binascii.b2a_base64(path, newline=False)
+    if encoding == BASE64_LEXICAL:
+        text = text.translate(_STD_TO_LEX)
+    return text.decode("ascii")
+
+
+_GO_SIMPLE = {7: "\\a", 8: "\\b", 12: "\\f", 10: "\\n", 13: "\\r", 9: "\\t", 11: "\\v", 92: "\\\\", 34: '\\"'}
+
+
+def quote_go(path: bytes) -> str:
+    """Go's ``strconv.Quote`` of a byte string: printable UTF-8 kept, the rest escaped."""
+    out = ['"']
+    i = 0
+    while i < len(path):
+        b = path[i]
+        if b < 0x80:
+            if b in _GO_SIMPLE:
+                out.append(_GO_SIMPLE[b])
+            elif b < 0x20 or b == 0x7F:
+                out.append(f"\\x{b:02x}")
+            else:
+                out.append(chr(b))
+            i += 1
+            continue
+        size = 2 if b >> 5 == 0b110 else 3 if b >> 4 == 0b1110 else 4 if b >> 3 == 0b11110 else 0
+        try:
+            char = path[i : i + size].decode("utf-8") if size else None
+        except UnicodeDecodeError:
+            char = None
+        if char is None or len(char) != 1:
+            out.append(f"\\x{b:02x}")
+            i += 1
+            continue
+        code = ord(char)
+        if char.isprintable():
+            out.append(char)
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+        i += size
+    out.append('"')
+    return "".join(out)
+
+
+_UNESCAPE = {ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("v"): 11,
+             ord("\\"): 92, ord('"'): 34}  # fmt: skip
+
+
+def _unquote_go(body: bytes) -> bytes:
+    if b"\\" not in body:
+        return body
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        b = body[i]
+        if b != 0x5C:
+            out.append(b)
+            i += 1
+            continue
+        kind = body[i + 1]
+        if kind in _UNESCAPE:
+            out.append(_UNESCAPE[kind])
+            i += 2
+        elif kind == ord("x"):
+            out.append(int(body[i + 2 : i + 4], 16))
+            i += 4
+        elif kind in b"01234567":
+            out.append(int(body[i + 1 : i + 4], 8))
+            i += 4
+        else:  # \u or \U: a code point, written as UTF-8
+            width = 4 if kind == ord("u") else 8
+            out += chr(int(body[i + 2 : i + 2 + width], 16)).encode("utf-8", "surrogatepass")
+            i += 2 + width
+    return bytes(out)
+
+
+def decode_paths(series: pl.Series, encoding: str) -> list[bytes]:
+    """Raw path bytes of a column of valid encoded paths."""
+    if encoding == BASE64:
+        return series.str.decode("base64").to_list()
+    return [decode_path(v, encoding) for v in series.to_list()]
+
+
+# -- detection --------------------------------------------------------------------------
+
+
+def detect_format(lines: list[bytes], name: str = "dump") -> DumpFormat:
+    """The format of a file from its first lines: the most common column count among 11
+    and 12, and the path encoding whose decoding of those lines gives absolute paths."""
+    candidates = [line.rstrip(b"\r") for line in lines if line.strip()]
+    if not candidates:
+        raise DumpError(f"{name} holds no line to read")
+    widths = [line.count(b"\t") + 1 for line in candidates]
+    columns = max((11, 12), key=widths.count)
+    if widths.count(columns) == 0:
+        raise DumpError(
+            f"{name}: no line in its first {len(candidates)} has 11 or 12 tab-separated columns "
+            f"(the first has {widths[0]}); is it an mpistat/wrstat dump?"
+        )
+    paths = [line.split(b"\t", 1)[0] for line, w in zip(candidates, widths, strict=True) if w == columns]
+    scores = {}
+    for encoding in (QUOTED, BASE64, BASE64_LEXICAL):
+        good = 0
+        for value in paths:
+            try:
+                good += decode_path(value, encoding).startswith(b"/")
+            except ValueError:
+                pass
+        scores[encoding] = good
+    best = max(scores, key=scores.get)
+    if scores[best] == 0:
+        raise DumpError(f"{name}: the path column is neither base64 nor Go-quoted in any of its first lines")
+    return DumpFormat(best, columns)
+
+
+# -- decompression ----------------------------------------------------------------------
+
+
+def open_compressed(path: str | Path) -> tuple[object, int, bool]:
+    """``(file, size, gzipped)``; DumpError naming the file if it cannot be read."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - handed to the reader thread, closed there
+        size = os.fstat(handle.fileno()).st_size
+        gzipped = handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+    except FileNotFoundError:
+        raise DumpError(f"dump {path} does not exist") from None
+    except IsADirectoryError:
+        raise DumpError(f"dump {path} is a directory, not a file") from None
+    except OSError as exc:
+        raise DumpError(f"dump {path} cannot be read: {exc.strerror or exc}") from None
+    return handle, size, gzipped
+
+
+def iter_text(path: str | Path, cancel: threading.Event | None = None) -> Iterator[tuple[bytes, int]]:
+    """The decompressed text of ``path`` in pieces, with the compressed bytes read so far.
+
+    Concatenated gzip members are read one after the other. A truncated or corrupt gzip
+    stream raises :class:`DumpError` naming the file and the offset.
+    """
+    handle, _size, gzipped = open_compressed(path)
+    with handle:
+        inflater = _zlib.decompressobj(wbits=47) if gzipped else None
+        done = 0
+        in_member = False
+        while True:
+            if cancel is not None and cancel.is_set():
+                return
+            chunk = handle.read(READ_SIZE)
+            done += len(chunk)
+            if not chunk:
+                if in_member:
+                    raise DumpError(f"dump {path} ends in the middle of a gzip stream (truncated?)")
+                return
+            if inflater is None:
+                yield chunk, done
+                continue
+            data = chunk
+            while data:
+                in_member = True
+                try:
+                    out = inflater.decompress(data, BLOCK_SIZE)
+                except _zlib.error as exc:
+                    raise DumpError(f"dump {path} is not valid gzip near byte {done}: {exc}") from None
+                if out:
+                    yield out, done
+                if inflater.eof:
+                    data = inflater.unused_data
+                    inflater = _zlib.decompressobj(wbits=47)
+                    in_member = False
+                    continue
+                data = inflater.unconsumed_tail
+
+
+@dataclass
+class Block:
+    """Whole lines of one file: ``first_line`` is the number of its first line (from 1)."""
+
+    first_line: int
+    data: bytes
+    compressed_done: int
+
+
+def iter_blocks(
+    path: str | Path, *, block_size: int = BLOCK_SIZE, cancel: threading.Event | None = None
+) -> Iterator[Block]:
+    """Blocks of whole lines, decompressed by a background thread at most
+    :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it had none."""
+    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+    stop = threading.Event()
+    END = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            pending: list[bytes] = []
+            pending_len = 0
+            line = 1
+            done = 0
+            for piece, done in iter_text(path, stop):
+                pending.append(piece)
+                pending_len += len(piece)
+                if pending_len < block_size:
+                    continue
+                data = b"".join(pending)
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:  # one line longer than a block: keep reading
+                    pending, pending_len = [data], len(data)
+                    continue
+                head = data[:cut]
+                if not put(Block(line, head, done)):
+                    return
+                line += head.count(b"\n")
+                rest = data[cut:]
+                pending, pending_len = [rest], len(rest)
+            data = b"".join(pending)
+            if data:
+                if not data.endswith(b"\n"):
+                    data += b"\n"
+                put(Block(line, data, done))
+            put(END)
+        except BaseException as exc:  # handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="mpistat-inflate", daemon=True)
+    thread.start()
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                return
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
+    """The first ``n`` lines of a dump (for format detection)."""
+    lines: list[bytes] = []
+    buf = b""
+    for piece, _ in iter_text(path):
+        buf += piece
+        if buf.count(b"\n") >= n or len(buf) > (4 << 20):
+            break
+    lines = buf.split(b"\n")[:n]
+    return [line for line in lines if line]
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+
+def _read_columns(data: bytes, fmt: DumpFormat) -> pl.DataFrame:
+    return pl.read_csv(
+        data,
+        separator="\t",
+        has_header=False,
+        new_columns=list(fmt.names),
+        schema=fmt.schema,
+        quote_char=None,
+        ignore_errors=True,
+        truncate_ragged_lines=True,
+    )
+
+
+def _path_ok(fmt: DumpFormat) -> pl.Expr:
+    return pl.col("path").str.contains(_QUOTED_RE if fmt.encoding == QUOTED else _B64_RE)
+
+
+def _problems(fmt: DumpFormat) -> list[tuple[str, pl.Expr]]:
+    numeric = [pl.col(c).is_null() for c in fmt.names if c not in ("path", "type")]
+    return [
+        (BAD_PATH, pl.col("path").is_null() | ~_path_ok(fmt).fill_null(False)),
+        (NOT_INTEGER, pl.any_horizontal(numeric)),
+        (BAD_TYPE, ~pl.col("type").is_in(TYPES).fill_null(False)),
+    ]
+
+
+class BlockParser:
+    """Parses blocks of one file into columns, accounting for malformed lines."""
+
+    def __init__(self, name: str, fmt: DumpFormat, bad: BadLines):
+        self.name = name
+        self.fmt = fmt
+        self.bad = bad
+        self._tabs = fmt.columns - 1
+        self._check = pl.any_horizontal([expr for _, expr in _problems(fmt)]).alias("_bad")
+        self._kinds = [expr.alias(kind) for kind, expr in _problems(fmt)]
+
+    def parse(self, block: Block) -> pl.DataFrame:
+        """The block's good lines as columns (``fmt.names``, plus ``line``: the line number
+        of each row, only when ``with_lines`` was asked; see :meth:`parse_with_lines`)."""
+        df, _ = self._parse(block, want_lines=False)
+        return df
+
+    def parse_with_lines(self, block: Block) -> tuple[pl.DataFrame, list[bytes]]:
+        """The good rows and, for each, its raw line (without the newline)."""
+        df, lines = self._parse(block, want_lines=True)
+        return df, lines
+
+    def _parse(self, block: Block, want_lines: bool) -> tuple[pl.DataFrame, list[bytes]]:
+        data = block.data
+        n = data.count(b"\n")
+        df = None
+        if data.count(b"\t") == n * self._tabs:
+            try:
+                df = _read_columns(data, self.fmt)
+            except pl.exceptions.ComputeError:  # not UTF-8 somewhere: per line below
+                df = None
+            if df is not None and df.height != n:
+                df = None
+        if df is not None:
+            flags = df.select(self._check).to_series()
+            if not flags.any():
+                return df, (data.split(b"\n")[:-1] if want_lines else [])
+            lines = data.split(b"\n")[:-1]
+            numbers = list(range(block.first_line, block.first_line + n))
+            return self._drop_flagged(df, flags, lines, numbers, want_lines, [])
+        # Slow path: some line has the wrong number of fields or is not UTF-8.
+        lines = data.split(b"\n")[:-1]
+        keep: list[bytes] = []
+        numbers: list[int] = []
+        found: list[tuple[int, str]] = []
+        for offset, line in enumerate(lines):
+            number = block.first_line + offset
+            if line.count(b"\t") != self._tabs:
+                found.append((number, WRONG_COLUMNS))
+                continue
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                kind = BAD_PATH
+                for index, value in enumerate(line.split(b"\t")):
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        kind = BAD_PATH if index == 0 else BAD_TYPE if index == 7 else NOT_INTEGER
+                        break
+                found.append((number, kind))
+                continue
+            keep.append(line)
+            numbers.append(number)
+        if not keep:
+            self._record(found)
+            return pl.DataFrame(schema=self.fmt.schema), []
+        df = _read_columns(b"\n".join(keep) + b"\n", self.fmt)
+        flags = df.select(self._check).to_series()
+        if not flags.any():
+            self._record(found)
+            return df, keep if want_lines else []
+        return self._drop_flagged(df, flags, keep, numbers, want_lines, found)
+
+    def _record(self, found: list[tuple[int, str]]) -> None:
+        for number, kind in sorted(found):
+            self.bad.add(self.name, number, kind)
+
+    def _drop_flagged(self, df, flags, lines, numbers, want_lines, found):
+        kinds = df.filter(flags).select(self._kinds)
+        positions = flags.arg_true().to_list()
+        for position, row in zip(positions, kinds.iter_rows(), strict=True):
+            kind = next(k for k, hit in zip(KINDS[1:], row, strict=True) if hit)
+            found.append((numbers[position], kind))
+        self._record(found)
+        good = df.filter(~flags)
+        if not want_lines:
+            return good, []
+        flagged = set(positions)
+        return good, [line for i, line in enumerate(lines) if i not in flagged]
+
+
+@dataclass
+class FileProgress:
+    """What a reader reports while it works (for session.data)."""
+
+    file: str
+    lines: int = 0
+    compressed_done: int = 0
+    compressed_size: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.lines / elapsed if elapsed > 0 else 0.0
+
+
+def scan(
+    path: str | Path,
+    bad: BadLines,
+    *,
+    cancel: threading.Event | None = None,
+    with_lines: bool = False,
+    on_block: Callable[[FileProgress], None] | None = None,
+    block_size: int = BLOCK_SIZE,
+    fmt: DumpFormat | None = None,
+) -> Iterator[tuple[DumpFormat, pl.DataFrame, list[bytes]]]:
+    """Every good row of ``path``, block by block: ``(format, columns, raw lines)`` (raw
+    lines only ``with_lines``). Malformed lines go to ``bad``."""
+    name = str(path)
+    fmt = fmt or detect_format(head_lines(path), name)
+    parser = BlockParser(name, fmt, bad)
+    progress = FileProgress(name, compressed_size=os.path.getsize(path))
+    for block in iter_blocks(path, block_size=block_size, cancel=cancel):
+        df, lines = parser._parse(block, with_lines)
+        progress.lines = block.first_line - 1 + block.data.count(b"\n")
+        progress.compressed_done = block.compressed_done
+        yield fmt, df, lines
+        if on_block is not None:
+            on_block(progress)
