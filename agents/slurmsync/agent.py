@@ -19,6 +19,7 @@ from .options import SlurmSyncOptions, is_time
 def sync_task(op):
     """The declaration both job syncs share: a task that changes state, and its parameters."""
     for declare in (
+        ocs_agent.param("retry_rejected", default=False, type=bool),
         ocs_agent.param("max_jobs", default=0, type=int, check=lambda n: n >= 0),
         ocs_agent.param("end", default=None, type=str, check=is_time),
         ocs_agent.param("start", default=None, type=str, check=is_time),
@@ -79,7 +80,7 @@ class SlurmSync(AgentShell):
 
     @sync_task
     def sync_running_jobs(self, session, params):
-        """sync_running_jobs(push=False, start=None, end=None, max_jobs=0)
+        """sync_running_jobs(push=False, start=None, end=None, max_jobs=0, retry_rejected=False)
 
         **Task** - Find the jobs the API still lists as RUNNING (started between
         ``start`` and ``end``), read their current state from ``sacct``, and push the
@@ -92,19 +93,24 @@ class SlurmSync(AgentShell):
                 myBRC 06-01, myLRC 10-01).
             end (str): latest job start (default: now).
             max_jobs (int): push at most this many jobs in this run (default 0: all).
+            retry_rejected (bool): send again the jobs the API refused before with the
+                same data (default False: they are counted in ``rejected_earlier``).
 
         Notes:
             Jobs still running in Slurm are left alone; jobs pushed no longer list as
-            RUNNING, so the next run picks up whatever this one did not push. Example::
+            RUNNING, so the next run picks up whatever this one did not push. Jobs the
+            server will store without charging (its date rule: the allocation's start and,
+            for ``fc_``/``ic_``/``pc_``, end date) count in ``stored_uncharged``, not
+            ``pushed``; ``problems`` says when a RUNNING estimate stays charged. Example::
 
                 >>> response.session['data']
                 {'operation': 'sync_running_jobs', 'target': 'mybrc', 'dry_run': False,
                  'window': {'start': '2026-06-01T07:00:00Z', 'end': '2026-11-22T23:30:00Z'},
                  'complete': True,
                  'jobs': {'found_in_slurm': 4, 'still_running': 1, 'never_started': 0,
-                          'unchanged': 0, 'to_push': 3, 'pushed': 3, 'rejected': 0,
-                          'failed': 0, 'not_sent': 0},
-                 'service_units': '4.50', 'elapsed_s': 0.3, 'api_requests': 4,
+                          'unchanged': 0, 'to_push': 3, 'pushed': 3, 'stored_uncharged': 0,
+                          'rejected': 0, 'rejected_earlier': 0, 'failed': 0, 'not_sent': 0},
+                 'service_units': '4.50', 'elapsed_s': 0.3, 'api_requests': 5,
                  'sacct_calls': 1, 'listed_running': 4, 'not_in_slurm': [],
                  'log_file': '/var/log/ocs/slurmsync-mybrc/sync_running_jobs_mybrc.log',
                  'activity': 'done', 'timestamp': 1767225600.0}
@@ -112,7 +118,9 @@ class SlurmSync(AgentShell):
         window = self.options.window(params)
         return self.jobs.run(
             session,
-            lambda job: job.engine.sync_running_jobs(push=params["push"], max_jobs=params["max_jobs"], **window),
+            lambda job: job.engine.sync_running_jobs(
+                push=params["push"], max_jobs=params["max_jobs"], retry_rejected=params["retry_rejected"], **window
+            ),
             operation="sync_running_jobs",
             dry_run=not params["push"],
             fields={"target": self.options.target},
@@ -120,7 +128,7 @@ class SlurmSync(AgentShell):
 
     @sync_task
     def full_sync(self, session, params):
-        """full_sync(push=False, start=None, end=None, max_jobs=0)
+        """full_sync(push=False, start=None, end=None, max_jobs=0, retry_rejected=False)
 
         **Task** - For every project in the API, read its jobs from ``sacct`` since its
         allocation's start date and push the finished ones whose data changed since the
@@ -132,18 +140,23 @@ class SlurmSync(AgentShell):
                 ``YYYY-MM-DD[THH:MM:SS]`` (cluster time zone) or ISO 8601 with offset.
             end (str): read jobs up to this time (default: now).
             max_jobs (int): push at most this many jobs in this run (default 0: all).
+            retry_rejected (bool): send again the jobs the API refused before with the
+                same data (default False: they are counted in ``rejected_earlier``).
 
         Notes:
             A push run that stops early (``max_jobs``, abort, API outage) says in
-            ``resume_at`` which project the next push run starts from. Example::
+            ``resume_at`` which project the next push run over the same ``start``/``end``
+            starts from; a run over another window starts at the first project and says
+            so in ``resume_ignored``. Jobs the server will store without charging count
+            in ``stored_uncharged`` (``uncharged_reasons`` says why). Example::
 
                 >>> response.session['data']
                 {'operation': 'full_sync', 'target': 'mybrc', 'dry_run': False,
                  'window': {'start': None, 'end': '2026-11-22T23:30:00Z'},
                  'complete': True,
                  'jobs': {'found_in_slurm': 6, 'still_running': 1, 'never_started': 0,
-                          'unchanged': 0, 'to_push': 5, 'pushed': 5, 'rejected': 0,
-                          'failed': 0, 'not_sent': 0},
+                          'unchanged': 0, 'to_push': 5, 'pushed': 5, 'stored_uncharged': 0,
+                          'rejected': 0, 'rejected_earlier': 0, 'failed': 0, 'not_sent': 0},
                  'service_units': '12.50', 'elapsed_s': 0.8, 'api_requests': 12,
                  'sacct_calls': 2,
                  'projects': {'total': 2, 'done': 2, 'without_allocation': []},
@@ -153,7 +166,9 @@ class SlurmSync(AgentShell):
         window = self.options.window(params)
         return self.jobs.run(
             session,
-            lambda job: job.engine.full_sync(push=params["push"], max_jobs=params["max_jobs"], **window),
+            lambda job: job.engine.full_sync(
+                push=params["push"], max_jobs=params["max_jobs"], retry_rejected=params["retry_rejected"], **window
+            ),
             operation="full_sync",
             dry_run=not params["push"],
             fields={"target": self.options.target},

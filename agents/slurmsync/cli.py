@@ -66,6 +66,11 @@ def _window(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--end", help="end, YYYY-MM-DD[THH:MM:SS] (default: now)")
     parser.add_argument("--PUSH", "--push", dest="push", action="store_true", help="send the updates to the API")
     parser.add_argument("--max-jobs", type=int, default=0, help="push at most this many jobs (default 0: all)")
+    parser.add_argument(
+        "--retry-rejected",
+        action="store_true",
+        help="send again the jobs the API refused before with the same data (default: leave them out)",
+    )
 
 
 def _run(args: argparse.Namespace, operation: str, dry_run: bool, job):
@@ -118,7 +123,9 @@ def _cmd_running_jobs(args: argparse.Namespace) -> int:
         args,
         "sync_running_jobs",
         not args.push,
-        lambda engine: engine.sync_running_jobs(push=args.push, max_jobs=args.max_jobs, **times),
+        lambda engine: engine.sync_running_jobs(
+            push=args.push, max_jobs=args.max_jobs, retry_rejected=args.retry_rejected, **times
+        ),
     )
     return _finish(report)
 
@@ -129,6 +136,12 @@ def _cmd_full_sync(args: argparse.Namespace) -> int:
         args,
         "full_sync",
         not args.push,
-        lambda engine: engine.full_sync(push=args.push, max_jobs=args.max_jobs, resume=not args.restart, **times),
+        lambda engine: engine.full_sync(
+            push=args.push,
+            max_jobs=args.max_jobs,
+            resume=not args.restart,
+            retry_rejected=args.retry_rejected,
+            **times,
+        ),
     )
     return _finish(report)

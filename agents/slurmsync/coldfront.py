@@ -39,6 +39,7 @@ class Allocation:
     resource: str
     start_date: str | None
     status: str
+    end_date: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,8 @@ class ColdFrontApi:
         chosen = next((a for a in results if a.get("status") == "Active"), results[0])
         if not isinstance(chosen.get("id"), int) or isinstance(chosen.get("id"), bool):
             raise _malformed(where, f"the allocation has no integer 'id' ({_shape(chosen)})")
-        start = chosen.get("start_date")
-        if start is not None and not isinstance(start, str):
-            start = None
-        if isinstance(start, str) and "." in start:
-            start = start.split(".", 1)[0]
-        return Allocation(chosen["id"], project, resource, start, str(chosen.get("status", "")))
+        start, end = (_date_text(chosen.get(key)) for key in ("start_date", "end_date"))
+        return Allocation(chosen["id"], project, resource, start, str(chosen.get("status", "")), end)
 
     def service_units(self, allocation_id: int) -> tuple[Decimal | None, Decimal | None]:
         """(allocated SUs, used SUs) of an allocation; None where the API has no value."""
@@ -175,6 +172,13 @@ class ColdFrontApi:
         except ApiError as exc:
             return PushResult(jobslurmid, "rejected", exc.status, str(exc))
         return PushResult(jobslurmid, "pushed", status)
+
+
+def _date_text(value: Any) -> str | None:
+    """An allocation date as text (``YYYY-MM-DD``), or None when it is missing or not text."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.split(".", 1)[0]
 
 
 def _malformed(where: str, detail: str) -> ApiError:

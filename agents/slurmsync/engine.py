@@ -10,9 +10,15 @@ outage, refused token, sacct failing, a malformed sacct line) ends the job with
 Pushes go out in batches: the ledger's intent is committed for a batch, its PUTs run
 concurrently on a few worker threads, and their outcomes are committed together. A full
 sync walks projects in name order; a push run that stops early (``max_jobs``, a stop
-request, an error) saves the project it stopped in with
-:func:`hpcsync.db.runs.set_cursor`, says so, and the next push run starts there (the ledger
-then skips that project's jobs already pushed).
+request, an error) saves the project it stopped in, with the run's time window, with
+:func:`hpcsync.db.runs.set_cursor`, says so, and the next push run over the same window
+starts there (the ledger then skips that project's jobs already pushed); a run over another
+window starts at the first project.
+
+Before a push, each job is checked against the server's date rule (:mod:`.charging`): a job
+the server will store without charging is still sent, but counted, logged and recorded as
+``stored_uncharged``, not ``pushed``. A job the API refused (4xx) is not sent again with the
+same payload unless the run is asked to (``retry_rejected``).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from hpcsync.db import Database
 from hpcsync.db.runs import get_cursor, set_cursor
 
 from .bookkeeping import BookkeepingLog
+from .charging import ChargeRule
 from .clock import ClusterClock, api_time
 from .coldfront import ColdFrontApi, PushResult
 from .ledger import JobLedger, PreparedJob, payload_hash
@@ -81,7 +88,13 @@ class SyncReport:
     unchanged: int = 0
     to_push: int = 0
     pushed: int = 0
+    #: jobs (to be) stored by the server without moving usage (its date rule), and their SUs
+    stored_uncharged: int = 0
+    uncharged_amount: Decimal = Decimal("0.00")
+    uncharged_reasons: list[str] = field(default_factory=list)
     rejected: int = 0
+    #: jobs the API refused before with the same payload: not sent again
+    rejected_earlier: int = 0
     failed: int = 0
     not_sent: int = 0
     amount: Decimal = Decimal("0.00")
@@ -90,6 +103,10 @@ class SyncReport:
     current_project: str | None = None
     resumed_from: str | None = None
     resume_at: str | None = None
+    #: the window a full sync's resume cursor is kept for (the op's start/end as given)
+    cursor_window: dict[str, str | None] | None = None
+    #: why a saved resume point was not used (it was for another window)
+    resume_ignored: str | None = None
     stopped_reason: str | None = None
     error: str | None = None
     log_file: str | None = None
@@ -152,7 +169,9 @@ class SyncReport:
                 "unchanged": self.unchanged,
                 "to_push": self.to_push,
                 "pushed": self.pushed,
+                "stored_uncharged": self.stored_uncharged,
                 "rejected": self.rejected,
+                "rejected_earlier": self.rejected_earlier,
                 "failed": self.failed,
                 "not_sent": self.not_sent,
             },
@@ -171,10 +190,12 @@ class SyncReport:
         else:
             data["listed_running"] = self.listed_running
             data["not_in_slurm"] = self.not_in_slurm[:MAX_EXAMPLES]
-        for key in ("unknown_partitions", "problems"):
+        if self.stored_uncharged:
+            data["service_units_uncharged"] = str(self.uncharged_amount)
+        for key in ("unknown_partitions", "uncharged_reasons", "problems"):
             if getattr(self, key):
                 data[key] = getattr(self, key)[:MAX_EXAMPLES]
-        for key in ("resumed_from", "resume_at", "stopped_reason", "error"):
+        for key in ("resumed_from", "resume_at", "resume_ignored", "stopped_reason", "error"):
             if getattr(self, key):
                 data[key] = getattr(self, key)
         return data
@@ -188,8 +209,20 @@ class SyncReport:
         else:
             text = f"{head}: pushed {self.pushed} jobs ({self.amount} SU); {self.unchanged} unchanged"
         extras = []
+        if self.stored_uncharged:
+            verb = "would be" if self.dry_run else "were"
+            of_them = " of them" if self.dry_run else ""
+            extras.append(
+                f"{self.stored_uncharged}{of_them} {verb} stored by the server without charge "
+                f"({self.uncharged_amount} SU; {self.uncharged_reasons[0]})"
+            )
         if self.rejected:
             extras.append(f"{self.rejected} rejected by the API (see the log file and ledger)")
+        if self.rejected_earlier:
+            extras.append(
+                f"{self.rejected_earlier} refused by the API before with the same data, not sent again "
+                "(retry_rejected=True sends them)"
+            )
         if self.failed or self.not_sent:
             extras.append(f"{self.failed + self.not_sent} not pushed")
         if self.still_running:
@@ -206,8 +239,10 @@ class SyncReport:
             text += f" Failed{where}: {self.error}."
         elif self.stopped_reason:
             text += f" Stopped early: {self.stopped_reason}."
+        if self.resume_ignored:
+            text += f" {self.resume_ignored}."
         if self.resume_at:
-            text += f" The next push run resumes at project {self.resume_at}."
+            text += f" The next push run over the same window resumes at project {self.resume_at}."
         elif not self.complete and self.operation == "sync_running_jobs" and not self.dry_run:
             text += " Jobs not pushed stay RUNNING in the API; the next run picks them up."
         return text
@@ -379,8 +414,13 @@ class SlurmSyncEngine:
 
     # -- payloads --------------------------------------------------------------------------
 
-    def prepare(self, job: SacctJob) -> PreparedJob:
-        """The API payload of a finished job, priced with the one price table."""
+    def charge_rule(self, allocation) -> ChargeRule:
+        """The server's date rule for an allocation (see :mod:`.charging`)."""
+        return ChargeRule.of(allocation, self.profile.periodic_prefixes, self.profile.server_time_zone)
+
+    def prepare(self, job: SacctJob, rule: ChargeRule | None = None) -> PreparedJob:
+        """The API payload of a finished job, priced with the one price table; with the
+        allocation's ``rule``, it says whether the server will charge it."""
         assert job.start is not None and job.end is not None
         seconds = (job.end - job.start).total_seconds()
         amount = self.prices.amount(job.partition, job.alloc_cpus, seconds)
@@ -404,12 +444,19 @@ class SlurmSyncEngine:
             "raw_time": round(raw_hours, 6),
             "cpu_time": round(raw_hours * job.alloc_cpus, 6),
         }
-        return PreparedJob(job.job_id, job.account, status, amount, payload, payload_hash(payload))
+        uncharged = rule.why_uncharged(job.submit, job.start, job.end) if rule is not None else None
+        return PreparedJob(job.job_id, job.account, status, amount, payload, payload_hash(payload), uncharged)
 
     # -- running-jobs sync -----------------------------------------------------------------
 
     def sync_running_jobs(
-        self, *, push: bool = False, start: datetime | None = None, end: datetime | None = None, max_jobs: int = 0
+        self,
+        *,
+        push: bool = False,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        max_jobs: int = 0,
+        retry_rejected: bool = False,
     ) -> SyncReport:
         """Jobs the API still calls RUNNING -> their state in sacct -> pushed (if ``push``)."""
         start = start or self.clock.period_start(self.profile.period_start_month, self.profile.period_start_day)
@@ -424,6 +471,8 @@ class SlurmSyncEngine:
             self.progress(activity="reading sacct", listed_running=len(job_ids))
             found = {j.job_id: j for j in self.slurm.jobs_by_id(job_ids)} if job_ids else {}
             report.jobs_found = len(found)
+            estimates = {str(j["jobslurmid"]): j.get("amount") for j in listed}
+            rules: dict[str, ChargeRule | None] = {}
             ready = []
             for job_id in job_ids:
                 job = found.get(job_id)
@@ -435,12 +484,23 @@ class SlurmSyncEngine:
                     report.never_started += 1
                     report.note_problem(f"job {job_id} is RUNNING in the API but never started in Slurm ({job.state})")
                 else:
-                    ready.append(self.prepare(job))
+                    if job.account not in rules:
+                        allocation = self.api.compute_allocation(job.account, self.profile.resource_for(job.account))
+                        rules[job.account] = self.charge_rule(allocation) if allocation is not None else None
+                    prepared = self.prepare(job, rules[job.account])
+                    if prepared.uncharged and estimates.get(job_id) not in (None, "", "0.00"):
+                        report.note_problem(
+                            f"job {job_id}: the server will store it without moving usage ({prepared.uncharged}); "
+                            f"the RUNNING estimate it charged ({estimates[job_id]} SU) stays charged"
+                        )
+                    ready.append(prepared)
             if report.not_in_slurm:
                 book.warning(f"not found by sacct: {', '.join(report.not_in_slurm[:100])}")
             # No ledger skip here: the API listing these jobs as RUNNING shows that it
             # differs from Slurm, whatever was pushed before.
-            self._send(ready, report, book, push=push, skip_unchanged=False, budget=_Budget(max_jobs))
+            self._send(
+                ready, report, book, push=push, skip_unchanged=False, budget=_Budget(max_jobs), retry=retry_rejected
+            )
         return report
 
     # -- full sync -------------------------------------------------------------------------
@@ -453,19 +513,31 @@ class SlurmSyncEngine:
         end: datetime | None = None,
         max_jobs: int = 0,
         resume: bool = True,
+        retry_rejected: bool = False,
     ) -> SyncReport:
         """Every project's jobs since its allocation start (or ``start``) -> pushed (if ``push``).
 
-        Jobs whose payload the API already accepted (per the ledger) are skipped.
+        Jobs whose payload the API already accepted (per the ledger) are skipped. A push run
+        resumes where an earlier one over the same window stopped.
         """
+        window = {"start": api_time(start), "end": api_time(end)}  # as given: None means the default
         end = end or self.clock.now()
         report = SyncReport("full_sync", self.profile.name, not push, api_time(start) if start else None, api_time(end))
+        report.cursor_window = window
         budget = _Budget(max_jobs)
         with self._run_context(report) as book:
             self.progress(activity="listing projects")
             names = sorted({str(p["name"]) for p in self.api.projects()})
             report.projects_total = len(names)
             cursor = get_cursor(self.db, self.cursor_scope, "full_sync") if (push and resume) else None
+            if cursor and cursor.get("window", {"start": None, "end": None}) != window:
+                report.resume_ignored = (
+                    f"An earlier push run stopped at project {cursor.get('project')} over another window "
+                    f"({_window_text(cursor.get('window'))}); this one ({_window_text(window)}) started at the first "
+                    "project"
+                )
+                book.info(report.resume_ignored)
+                cursor = None
             if cursor and cursor.get("project") in names:
                 report.resumed_from = cursor["project"]
                 skipped = names.index(cursor["project"])
@@ -486,12 +558,17 @@ class SlurmSyncEngine:
                 else:
                     project_start = start or self._allocation_start(allocation.start_date, name, book)
                     jobs = self.slurm.jobs_of_account(name, project_start, end)
-                    ready = self._finished(jobs, report)
-                    self._send(ready, report, book, push=push, skip_unchanged=True, budget=budget)
+                    ready = self._finished(jobs, report, self.charge_rule(allocation))
+                    self._send(ready, report, book, push=push, skip_unchanged=True, budget=budget, retry=retry_rejected)
                 report.projects_done += 1
                 if push:
                     following = names[index + 1] if index + 1 < len(names) else None
-                    set_cursor(self.db, self.cursor_scope, "full_sync", {"project": following} if following else None)
+                    set_cursor(
+                        self.db,
+                        self.cursor_scope,
+                        "full_sync",
+                        {"project": following, "window": window} if following else None,
+                    )
             report.current_project = None
             if push:
                 set_cursor(self.db, self.cursor_scope, "full_sync", None)
@@ -505,7 +582,7 @@ class SlurmSyncEngine:
                 book.warning(f"project {project}: allocation start_date {start_date!r} is not a date")
         return self.clock.period_start(self.profile.period_start_month, self.profile.period_start_day)
 
-    def _finished(self, jobs: Sequence[SacctJob], report: SyncReport) -> list[PreparedJob]:
+    def _finished(self, jobs: Sequence[SacctJob], report: SyncReport, rule: ChargeRule) -> list[PreparedJob]:
         ready = []
         for job in jobs:
             report.jobs_found += 1
@@ -514,7 +591,7 @@ class SlurmSyncEngine:
             elif not job.started:
                 report.never_started += 1
             else:
-                ready.append(self.prepare(job))
+                ready.append(self.prepare(job, rule))
         return ready
 
     # -- pushing ---------------------------------------------------------------------------
@@ -528,6 +605,7 @@ class SlurmSyncEngine:
         push: bool,
         skip_unchanged: bool,
         budget: _Budget,
+        retry: bool = False,
     ) -> None:
         # Batches are pipelined: while batch N's PUTs run on the workers, this thread
         # commits batch N+1's intent and then batch N's outcomes. Each batch's intent is
@@ -539,10 +617,18 @@ class SlurmSyncEngine:
                 if self.cancel.is_set():
                     raise StopRun("stop requested")
                 batch = jobs[first : first + self.batch_size]
-                if skip_unchanged:
-                    done = self.ledger.already_pushed(batch)
-                    report.unchanged += len(done)
-                    batch = [j for j in batch if j.jobslurmid not in done]
+                done, refused = self.ledger.not_to_send(batch)
+                if not skip_unchanged:
+                    done = set()  # (the API lists these jobs as RUNNING: it differs from Slurm)
+                if retry:
+                    refused = set()
+                else:
+                    refused -= done
+                report.unchanged += len(done)
+                report.rejected_earlier += len(refused)
+                for job_id in sorted(refused)[: max(0, MAX_EXAMPLES - len(report.problems))]:
+                    report.note_problem(f"job {job_id}: refused by the API before with the same data; not sent again")
+                batch = [j for j in batch if j.jobslurmid not in done and j.jobslurmid not in refused]
                 if not batch:
                     continue
                 if budget.spent:
@@ -556,8 +642,8 @@ class SlurmSyncEngine:
                         self._finish(previous, report, book)
                 else:
                     for job in taken:
-                        report.amount += job.amount
                         book.job("COLLECTED", job.jobslurmid, job.payload)
+                        self._count_charge(job, report, book)
                 self.progress(
                     activity="pushing" if push else "collecting (dry run)",
                     to_push=report.to_push,
@@ -595,13 +681,13 @@ class SlurmSyncEngine:
     def _finish(self, in_flight: _InFlight, report: SyncReport, book: BookkeepingLog) -> None:
         """Wait for a batch's PUTs, commit their outcomes, count them; raise if the API failed."""
         results = [future.result() for future in in_flight.futures]
-        self.ledger.record_outcomes(results, {job.jobslurmid: job.hash for job in in_flight.batch})
+        uncharged = {job.jobslurmid: job.uncharged for job in in_flight.batch if job.uncharged}
+        self.ledger.record_outcomes(results, {job.jobslurmid: job.hash for job in in_flight.batch}, uncharged)
         fatal: PushResult | None = None
         for job, result in zip(in_flight.batch, results, strict=True):
             if result.outcome == "pushed":
-                report.pushed += 1
-                report.amount += job.amount
                 book.job("UPDATED", job.jobslurmid, job.payload)
+                self._count_charge(job, report, book)
             elif result.outcome == "rejected":
                 report.rejected += 1
                 report.note_problem(f"job {job.jobslurmid}: {result.error}")
@@ -615,6 +701,19 @@ class SlurmSyncEngine:
         if fatal is not None:
             error_class = ApiAuthError if fatal.outcome == "auth" else ApiUnavailable
             raise error_class(fatal.error or "the API failed", status=fatal.http_status)
+
+    @staticmethod
+    def _count_charge(job: PreparedJob, report: SyncReport, book: BookkeepingLog) -> None:
+        """Count a job sent (or, in a dry run, to send) as charged or as stored uncharged."""
+        if job.uncharged is None:
+            report.pushed += not report.dry_run
+            report.amount += job.amount
+            return
+        report.stored_uncharged += 1
+        report.uncharged_amount += job.amount
+        if job.uncharged not in report.uncharged_reasons and len(report.uncharged_reasons) < MAX_EXAMPLES:
+            report.uncharged_reasons.append(job.uncharged)
+        book.warning(f"{job.jobslurmid} NOT CHARGED : {job.amount} SU stored without charge: {job.uncharged}")
 
     def close(self) -> None:
         """Stop the upload workers and close the API connections."""
@@ -727,6 +826,12 @@ class SlurmSyncEngine:
         return _RunContext(self, report)
 
 
+def _window_text(window: Any) -> str:
+    if not isinstance(window, dict):
+        window = {}
+    return f"{window.get('start') or 'allocation starts'} .. {window.get('end') or 'now'}"
+
+
 def _printable(text: str) -> str:
     """``text`` on one line: control characters (a newline in a name from the API) escaped."""
     return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
@@ -761,7 +866,8 @@ class _RunContext:
             report.error = str(exc)
             handled = True
         if handled and report.operation == "full_sync" and report.current_project and not report.dry_run:
-            set_cursor(engine.db, engine.cursor_scope, "full_sync", {"project": report.current_project})
+            cursor = {"project": report.current_project, "window": report.cursor_window}
+            set_cursor(engine.db, engine.cursor_scope, "full_sync", cursor)
             report.resume_at = report.current_project
         if engine._pool is not None:
             engine._pool.shutdown(wait=True)

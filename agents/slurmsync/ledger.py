@@ -10,12 +10,16 @@ Each push is bracketed by committed state (DESIGN, principle 2):
 1. **intent** - before a batch's PUTs, every job in it is committed as ``state='pushing'``
    with the hash of the payload about to be sent;
 2. **outcome** - after them, each job becomes ``pushed`` (``pushed_hash`` = that hash),
-   ``rejected`` (the API refused the data: 4xx), ``failed`` (outage, auth) or ``pending``
-   (never sent because the run stopped first).
+   ``stored_uncharged`` (accepted like ``pushed``, but the server's date rule says it moved
+   no usage: see :mod:`.charging`), ``rejected`` (the API refused the data: 4xx; the hash it
+   refused stays in ``payload_hash``), ``failed`` (outage, auth) or ``pending`` (never sent
+   because the run stopped first).
 
-A re-run skips jobs whose payload hash equals ``pushed_hash``. A job left ``pushing`` by a
-crash is simply sent again: the API's PUT is an upsert that moves usage by the difference
-between the new and the old amount, so repeating it charges nothing twice.
+A re-run skips jobs whose payload hash equals ``pushed_hash`` ("unchanged"), and jobs the
+API refused with the very payload they would be sent with again ("rejected earlier"), unless
+asked to retry those. A job left ``pushing`` by a crash is simply sent again: the API's PUT
+is an upsert that moves usage by the difference between the new and the old amount, so
+repeating it charges nothing twice.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ class PreparedJob:
     amount: Decimal
     payload: dict
     hash: str
+    #: why the server will store this job without charging it (None: it charges it)
+    uncharged: str | None = None
 
 
 class JobLedger:
@@ -118,18 +124,27 @@ class JobLedger:
 
     def already_pushed(self, jobs: Sequence[PreparedJob]) -> set[str]:
         """Ids of the jobs whose current payload the API has already accepted."""
+        return self.not_to_send(jobs)[0]
+
+    def not_to_send(self, jobs: Sequence[PreparedJob]) -> tuple[set[str], set[str]]:
+        """``(unchanged, rejected_earlier)``: ids of the jobs whose current payload the API
+        has already accepted, and of those it refused (4xx) with this very payload."""
         wanted = {j.jobslurmid: j.hash for j in jobs}
-        done: set[str] = set()
-        ids = list(wanted)
+        unchanged: set[str] = set()
+        rejected: set[str] = set()
         with self.db.session() as s:
-            for part in chunked(ids):
+            for part in chunked(list(wanted)):
                 rows = s.execute(
-                    select(_TABLE.c.jobslurmid, _TABLE.c.pushed_hash).where(
+                    select(_TABLE.c.jobslurmid, _TABLE.c.pushed_hash, _TABLE.c.state, _TABLE.c.payload_hash).where(
                         *self._mine(), _TABLE.c.jobslurmid.in_(part)
                     )
                 )
-                done.update(job_id for job_id, pushed in rows if pushed is not None and pushed == wanted[job_id])
-        return done
+                for job_id, pushed, state, tried in rows:
+                    if pushed is not None and pushed == wanted[job_id]:
+                        unchanged.add(job_id)
+                    elif state == "rejected" and tried == wanted[job_id]:
+                        rejected.add(job_id)
+        return unchanged, rejected
 
     def record_intent(self, jobs: Sequence[PreparedJob]) -> None:
         """Commit ``pushing`` for every job of the batch, before any of its PUTs."""
@@ -159,19 +174,28 @@ class JobLedger:
                 if attempt:
                     raise
 
-    def record_outcomes(self, results: Iterable[PushResult], sent: dict[str, str] | None = None) -> None:
+    def record_outcomes(
+        self, results: Iterable[PushResult], sent: dict[str, str] | None = None, uncharged: dict[str, str] | None = None
+    ) -> None:
         """Commit what each PUT of the batch did.
 
         ``sent`` maps job id -> hash of the payload this run sent; it becomes
         ``pushed_hash``. (Without it, the hash committed with the intent is used - which
-        another run pushing the same job meanwhile may have replaced.)
+        another run pushing the same job meanwhile may have replaced.) ``uncharged`` maps
+        the ids of jobs the server stores without charging to why: accepted, they become
+        ``stored_uncharged`` with that reason in ``error``.
         """
         now = time.time()
+        uncharged = uncharged or {}
         pushed, other = [], []
         for r in results:
+            state = STATE_OF_OUTCOME[r.outcome]
+            error = r.error
+            if state == "pushed" and r.jobslurmid in uncharged:
+                state, error = "stored_uncharged", f"stored without charge: {uncharged[r.jobslurmid]}"
             row = {
-                "b_job": r.jobslurmid, "v_state": STATE_OF_OUTCOME[r.outcome], "v_http_status": r.http_status,
-                "v_error": r.error[:2000] if r.error else None,
+                "b_job": r.jobslurmid, "v_state": state, "v_http_status": r.http_status,
+                "v_error": error[:2000] if error else None,
             }  # fmt: skip
             if r.outcome == "pushed":
                 pushed.append({**row, "v_pushed_at": now, **({"v_pushed_hash": sent[r.jobslurmid]} if sent else {})})

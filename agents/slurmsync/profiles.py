@@ -13,6 +13,8 @@ hard-coded. A YAML profile file adds profiles or adjusts built-in ones::
         prices: {savio: 0.75, savio2: 1.00}  # or price_file: /etc/slurm/bank-config.toml
         reverse_sync_exclude: [abc, "vector_*"]
         status_map: {COMPLETED: COMPLETING}
+        periodic_prefixes: [fc_, ic_, pc_]   # allowances charged only within the allocation's end date
+        server_time_zone: America/Los_Angeles # the server's DISPLAY_TIME_ZONE (allocation dates)
 
 Every mistake is reported with the file, the profile and the key.
 """
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -40,6 +43,8 @@ BANK_CONFIG = "/etc/slurm/bank-config.toml"
 # while the job is being torn down), and the original running-jobs sync wrote the same.
 # Using one vocabulary keeps the API's job lists and reports consistent.
 _BANKING_STATUS_MAP = {"COMPLETED": "COMPLETING"}
+#: myBRC's periodic computing allowances (FCA, ICA, PCA); ``ac_``/``co_`` are not periodic.
+PERIODIC_PREFIXES = ("fc_", "ic_", "pc_")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,11 @@ class Profile:
     price_file: str | None = BANK_CONFIG
     reverse_sync_exclude: tuple[str, ...] = ()
     status_map: Mapping[str, str] = field(default_factory=lambda: dict(_BANKING_STATUS_MAP))
+    #: project prefixes of the server's periodic computing allowances: their jobs are charged
+    #: only if the allocation has an end date and they ended by it
+    periodic_prefixes: tuple[str, ...] = PERIODIC_PREFIXES
+    #: the server's display time zone: allocation dates are its days
+    server_time_zone: str = "America/Los_Angeles"
     source: str = "built-in"
 
     def resource_for(self, project: str) -> str:
@@ -114,6 +124,8 @@ _KEYS = {
     "price_file",
     "reverse_sync_exclude",
     "status_map",
+    "periodic_prefixes",
+    "server_time_zone",
 }
 _PERIOD = re.compile(r"^(\d{1,2})-(\d{1,2})$")
 
@@ -188,6 +200,18 @@ def _profile_from(name: str, body: Any, path: Path) -> Profile:
         changes["reverse_sync_exclude"] = tuple(patterns)
     if "status_map" in body:
         changes["status_map"] = _str_mapping(body["status_map"], f"{where}: status_map")
+    if "periodic_prefixes" in body:
+        prefixes = body["periodic_prefixes"]
+        if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+            raise ConfigError(f"{where}: periodic_prefixes must be a list of project name prefixes such as pc_")
+        changes["periodic_prefixes"] = tuple(prefixes)
+    if "server_time_zone" in body:
+        zone = body["server_time_zone"]
+        try:
+            ZoneInfo(str(zone))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"{where}: server_time_zone {zone!r} is not an IANA zone name") from None
+        changes["server_time_zone"] = str(zone)
     return replace(profile, **changes)
 
 

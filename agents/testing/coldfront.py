@@ -281,6 +281,12 @@ class ColdFrontEmulator:
                     return
         raise KeyError(f"{username} is not in {project}'s allocation")
 
+    def set_allocation_dates(self, project: str, *, start_date: str | None, end_date: str | None) -> None:
+        """Change the dates of a project's compute allocation (as an administrator can)."""
+        with self._lock:
+            allocation = self._compute_allocation(project, active_only=False)
+            allocation["start_date"], allocation["end_date"] = start_date, end_date
+
     def delete_job(self, jobslurmid: str) -> None:
         """Delete a job, usage untouched (an administrator's delete in Django's admin)."""
         with self._lock:

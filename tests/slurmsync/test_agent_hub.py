@@ -142,7 +142,8 @@ def test_api_outage_mid_push_then_rerun_gives_correct_totals(agent, slurm, emula
     assert failed.session["success"] is False and failed.session["degraded"] is True
     data = failed.session["data"]
     assert data["jobs"]["pushed"] == 2 and "503" in data["error"] and data["resume_at"] in ("fc_beta", "pc_alpha")
-    assert any("The next push run resumes at project" in text for _, text in failed.session["messages"])
+    resumes = "The next push run over the same window resumes at project"
+    assert any(resumes in text for _, text in failed.session["messages"])
 
     emulator.clear_faults()
     resumed = client.full_sync(push=True)

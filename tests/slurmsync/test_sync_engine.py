@@ -21,7 +21,17 @@ from hpcsync.agents.testing.coldfront import ColdFrontEmulator
 from hpcsync.db import open_database
 from hpcsync.db.models import SlurmJobPush
 
-from .conftest import ALICE, BOB, READER_TOKEN, STAFF_TOKEN, expected_amount, seed_world, write_profile, write_token
+from .conftest import (
+    ALICE,
+    ALLOCATION_END,
+    BOB,
+    READER_TOKEN,
+    STAFF_TOKEN,
+    expected_amount,
+    seed_world,
+    write_profile,
+    write_token,
+)
 
 ALICE_UID, BOB_UID = "5001", "5002"
 
@@ -38,9 +48,9 @@ def sacct_line(
     end: str = "2024-07-01T11:00:00",
     nodes: str = "n0001",
     raw: str | None = None,
+    submit: str = "2024-07-01T09:00:00",
 ) -> str:
     """A line of ``sacct -naPX --format=<SACCT_FIELDS>``: the seed's 15 fields, then JobIDRaw."""
-    submit = "2024-07-01T09:00:00"
     return "|".join([
         job_id, submit, start, end, uid, account, state, partition, "normal", nodes,
         str(cpus), "1", "1", "3600", "01:00:00", raw or job_id,
@@ -188,7 +198,7 @@ def test_api_outage_mid_push_then_rerun_charges_each_job_once(world):
     assert not failed.ok and "503" in failed.error and "gave up after 2 tries" in failed.error
     # Projects go in name order: fc_beta's 4 jobs, then 1 of pc_alpha's before the outage.
     assert failed.pushed == 5 and failed.resume_at == "pc_alpha"
-    assert "The next push run resumes at project pc_alpha" in failed.message()
+    assert "The next push run over the same window resumes at project pc_alpha" in failed.message()
     assert world.emulator.usage("fc_beta") == 4 * Decimal("1800.00")
     assert world.emulator.usage("pc_alpha") == Decimal("1800.00")
     ledger = world.ledger()
@@ -373,3 +383,91 @@ def test_api_urls_are_normalised_before_keying_the_ledger():
         "https://mybrc.example.org/staging/api/",
     ]
     assert len({api_url_hash(url) for url in [same[0], *different]}) == 5
+
+
+def test_jobs_the_server_stores_without_charge_are_predicted_said_and_recorded(world):
+    # pc_alpha's allocation lost its end date (a periodic allowance: nothing is charged);
+    # fc_beta's starts while job 3 ran (full sync reads the jobs that ran since the start).
+    world.emulator.set_allocation_dates("pc_alpha", start_date="2020-06-01", end_date=None)
+    world.emulator.set_allocation_dates("fc_beta", start_date="2024-07-02", end_date=ALLOCATION_END)
+    world.write([
+        sacct_line("1", "pc_alpha"), sacct_line("2", "pc_alpha", cpus=2),
+        sacct_line("3", "fc_beta", start="2024-07-01T23:00:00", end="2024-07-02T01:00:00"),
+        sacct_line("4", "fc_beta", start="2024-07-02T10:00:00", end="2024-07-02T11:00:00"),
+    ])  # fmt: skip
+    dry = world.engine().full_sync(push=False)
+    assert (dry.to_push, dry.stored_uncharged, dry.amount, dry.uncharged_amount) == (4, 3, 1800, 9000), dry.message()
+    assert "3 of them would be stored by the server without charge (9000.00 SU" in dry.message()
+    assert "the allocation of pc_alpha (a periodic allowance) has no end date" in dry.uncharged_reasons
+    assert "the job started before the allocation of fc_beta (2024-07-02)" in dry.uncharged_reasons
+    assert "3 NOT CHARGED : 3600.00 SU" in (world.log_dir / "full_sync_testbrc_debug.log").read_text()
+
+    pushed = world.engine().full_sync(push=True)
+    assert (pushed.pushed, pushed.stored_uncharged, pushed.amount) == (1, 3, 1800), pushed.message()
+    assert "3 were stored by the server without charge" in pushed.message()
+    # The prediction was right: the server holds the jobs and charged only job 4.
+    assert world.emulator.usage("pc_alpha") == 0 and world.emulator.usage("fc_beta") == Decimal("1800.00")
+    assert len(world.emulator.all_jobs()) == 4
+    ledger = world.ledger()
+    assert {n: ledger[n].state for n in "1234"} == {
+        "1": "stored_uncharged", "2": "stored_uncharged", "3": "stored_uncharged", "4": "pushed",
+    }  # fmt: skip
+    assert "has no end date" in ledger["1"].error and ledger["1"].pushed_hash == ledger["1"].payload_hash
+    again = world.engine().full_sync(push=True)
+    assert (again.pushed, again.stored_uncharged, again.unchanged) == (0, 0, 4)
+
+
+def test_the_running_jobs_sync_says_when_an_estimate_stays_charged(world):
+    world.emulator.set_allocation_dates("pc_alpha", start_date="2020-06-01", end_date=None)
+    body = {
+        "jobslurmid": "1", "submitdate": "2024-07-01T16:00:00Z", "startdate": "2024-07-01T17:00:00Z",
+        "userid": ALICE_UID, "accountid": "pc_alpha", "amount": "9000.00", "jobstatus": "RUNNING",
+    }  # fmt: skip
+    requests.post(world.emulator.api_url + "jobs/", json=body, headers={"Authorization": f"Token {STAFF_TOKEN}"})
+    world.write([sacct_line("1", "pc_alpha")])
+    window = {"start": datetime(2024, 6, 1, tzinfo=UTC), "end": None}
+    report = world.engine().sync_running_jobs(push=True, **window)
+    assert (report.pushed, report.stored_uncharged) == (0, 1), report.message()
+    assert any("the RUNNING estimate it charged (9000.00 SU) stays charged" in p for p in report.problems)
+    assert world.emulator.usage("pc_alpha") == Decimal("9000.00")  # as predicted: the PUT moved nothing
+    assert world.ledger()["1"].state == "stored_uncharged"
+
+
+def test_a_job_the_api_refused_is_not_sent_again_unless_its_data_changed_or_a_retry_is_asked(world):
+    world.write([sacct_line("1", "pc_alpha", BOB_UID), sacct_line("2", "pc_alpha")])  # bob is not in pc_alpha
+    first = world.engine().full_sync(push=True)
+    assert (first.pushed, first.rejected) == (1, 1)
+    puts = world.emulator.request_count("PUT")
+
+    dry = world.engine().full_sync(push=False)
+    assert (dry.to_push, dry.unchanged, dry.rejected_earlier) == (0, 1, 1), dry.message()
+    assert "0 jobs would be pushed" in dry.message() and "1 refused by the API before" in dry.message()
+    again = world.engine().full_sync(push=True)
+    assert (again.pushed, again.rejected, again.rejected_earlier) == (0, 0, 1)
+    assert world.emulator.request_count("PUT") == puts and not again.degraded
+
+    retried = world.engine().full_sync(push=True, retry_rejected=True)
+    assert (retried.rejected, retried.rejected_earlier) == (1, 0)
+    assert world.emulator.request_count("PUT") == puts + 1
+
+    world.emulator.add_member("pc_alpha", BOB)  # fixed on the server, and the job ran longer
+    world.write([sacct_line("1", "pc_alpha", BOB_UID, end="2024-07-01T12:00:00"), sacct_line("2", "pc_alpha")])
+    changed = world.engine().full_sync(push=True)
+    assert (changed.pushed, changed.rejected_earlier) == (1, 0) and world.ledger()["1"].state == "pushed"
+
+
+def test_a_resumed_full_sync_over_a_new_window_starts_at_the_first_project(world):
+    # fc_beta's jobs ran in June, pc_alpha's in July. A run over July stops inside pc_alpha.
+    june_times = {"submit": "2024-06-15T09:00:00", "start": "2024-06-15T10:00:00", "end": "2024-06-15T11:00:00"}
+    world.write(
+        [sacct_line(str(n), "fc_beta", **june_times) for n in range(1, 5)]
+        + [sacct_line(str(n), "pc_alpha") for n in range(5, 9)]
+    )
+    july = world.engine().full_sync(push=True, start=datetime(2024, 7, 1, tzinfo=UTC), max_jobs=1)
+    assert july.resume_at == "pc_alpha" and july.pushed == 1, july.message()
+    # The next run asks for June too: resuming at pc_alpha would leave fc_beta's jobs out.
+    june = world.engine().full_sync(push=True, start=datetime(2024, 6, 1, tzinfo=UTC))
+    assert june.complete and june.resumed_from is None, june.message()
+    assert "over another window" in june.resume_ignored and "started at the first project" in june.message()
+    assert (june.pushed, june.unchanged, june.projects_done) == (7, 1, 4)
+    assert world.emulator.usage("fc_beta") == world.emulator.usage("pc_alpha") == 4 * Decimal("1800.00")
