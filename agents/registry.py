@@ -58,6 +58,13 @@ AGENTS: tuple[AgentEntry, ...] = (
         "reconcile Slurm accounting (sacct/sacctmgr) with a ColdFront/myBRC/myLRC allocation API; dry run by default",
     ),
     AgentEntry(
+        "CloudSync",
+        "cloudsync",
+        "alces sync's named targets between a local directory and S3 (or a local directory): push and pull by "
+        "content hash, permissions manifest, empty directories, per-file authenticated encryption; purge on confirm",
+        command="sync",
+    ),
+    AgentEntry(
         "MpistatReporter",
         "mpistat",
         "from mpistat/wrstat dumps: lurge's per-group usage report (LDAP names and PIs, quotas, archives) to TSV and "

@@ -1,4 +1,5 @@
-"""The transfer backends' contract, run unchanged on every backend: a local directory, rsync
+"""The transfer backends' contract, run unchanged on every backend: a local directory (rsync,
+and pure Python), rsync
 over ssh to the suite's real sshd (a non-root remote user, host key pinned), and S3 on the
 suite's real S3 server (rclone serve s3, SigV4 checked; it keeps each object as a file under
 ``<data>/<bucket>/<key>``, so the same on-disk checks apply).
@@ -27,6 +28,7 @@ from hpcsync.agents.core.transfer import (
     DestinationError,
     Entry,
     Item,
+    LocalDirBackend,
     LocalRsyncBackend,
     RemoteUnreachable,
     SshRsyncBackend,
@@ -96,13 +98,18 @@ def _s3_rig(s3_server) -> Rig:
     return Rig(base, make, kind="s3", missing=lambda: make(s3_server.data / f"{bucket}-gone" / "pre fix"))
 
 
-@pytest.fixture(params=["local", pytest.param("ssh", marks=pytest.mark.integration),
+@pytest.fixture(params=["local", "localdir", pytest.param("ssh", marks=pytest.mark.integration),
                         pytest.param("s3", marks=pytest.mark.integration)])  # fmt: skip
 def rig(request, tmp_path) -> Rig:
     if request.param == "local":
         base = tmp_path / "base"
         base.mkdir()
         yield Rig(base, lambda basedir, **kw: LocalRsyncBackend(str(basedir), **kw))
+        return
+    if request.param == "localdir":
+        base = tmp_path / "base"
+        base.mkdir()
+        yield Rig(base, lambda basedir, **kw: LocalDirBackend(str(basedir), **kw), kind="localdir")
         return
     if request.param == "s3":
         yield _s3_rig(request.getfixturevalue("s3_server"))
@@ -387,3 +394,19 @@ def test_the_default_read_and_write_object_work_on_any_backend(tmp_path):
     assert (tmp_path / "d" / "m.json").read_bytes() == b"manifest"
     assert backend.read_object("d/m.json", timeout=TIMEOUT) == b"manifest"
     assert backend.read_object("d/none.json", timeout=TIMEOUT) is None
+
+
+def test_localdir_never_writes_or_reads_through_a_symlinked_directory(tmp_path):
+    base, outside = tmp_path / "base", tmp_path / "outside"
+    base.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_text("outside")
+    os.symlink(outside, base / "link")
+    (tmp_path / "f").write_text("payload")
+    backend = LocalDirBackend(str(base))
+    put = backend.put([Item(str(tmp_path / "f"), "link/new"), Item(str(tmp_path / "f"), "ok")], timeout=TIMEOUT)
+    assert set(put.file_errors) == {"link/new"} and not (outside / "new").exists() and (base / "ok").exists()
+    got = backend.get([Item(str(tmp_path / "got"), "link/secret")], timeout=TIMEOUT)
+    assert set(got.file_errors) == {"link/secret"} and not (tmp_path / "got").exists()
+    assert backend.delete(["link/secret"], timeout=TIMEOUT).file_errors and (outside / "secret").exists()
+    assert [e.path for e in backend.list(timeout=TIMEOUT)] == ["ok"]

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "suprsync_files",
     "suprsync_timecode_dirs",
     "slurmsync_job_pushes",
+    "cloudsync_hashes",
+    "cloudsync_targets",
     *MPISTAT_TABLES,
     "mxsync_epn_transfers",
     "epnalert_alerts",

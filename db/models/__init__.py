@@ -1,6 +1,7 @@
 """All hpcsync tables. Importing this module registers every model on ``Base.metadata``."""
 
 from .base import Base, path_hash
+from .cloudsync import CloudSyncHash, CloudSyncTarget
 from .core import AgentRun, SyncCursor
 from .mpistat import (
     MpistatDirectory,
@@ -20,6 +21,8 @@ __all__ = [
     "FILE_STATES",
     "AgentRun",
     "Base",
+    "CloudSyncHash",
+    "CloudSyncTarget",
     "EpnAlertAlert",
     "MpistatDirectory",
     "MpistatDirectorySet",

@@ -6,6 +6,8 @@ agents move files to and from, so sync logic never knows which backend it drives
 - :mod:`.rsync`: :class:`LocalRsyncBackend` (a directory here) and :class:`SshRsyncBackend`
   (``[user@]host:dir`` over ssh, one shared connection per :meth:`Backend.connection`).
 
+- :mod:`.localdir`: :class:`LocalDirBackend` (a directory here, pure Python: the embedded
+  default where no rsync is wanted);
 - :mod:`.s3`: :class:`S3Backend` (``s3://bucket/prefix`` through boto3's transfer manager).
 
 An sftp backend belongs next to them, implementing the same interface.
@@ -25,6 +27,7 @@ from .base import (
     RemoteUnreachable,
     TransferOutcome,
 )
+from .localdir import LocalDirBackend
 from .rsync import LocalRsyncBackend, RsyncBackend, SshRsyncBackend
 from .s3 import CredentialsRefused, S3Backend, S3ConfigError
 
@@ -66,6 +69,7 @@ __all__ = [
     "DestinationError",
     "Entry",
     "Item",
+    "LocalDirBackend",
     "LocalRsyncBackend",
     "PutOutcome",
     "RemoteUnreachable",
