@@ -65,7 +65,7 @@ def sshd(tmp_path_factory):
     """OpenSSH on loopback with a shell user and an sftp-only chroot user; host key pinned."""
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
-    server.stop()
+    server.close()
 
 
 _db_counter = iter(range(1_000_000))

@@ -30,7 +30,16 @@ from typing import Any
 from hpcsync.agents.core.process import CommandCancelled
 from hpcsync.agents.core.transfer import Backend, Item, RemoteUnreachable, TransferOutcome
 
-from .files import CopyResult, Signature, SupRsyncError, local_signature, md5_file
+from .files import (
+    CopyResult,
+    LocalFileGone,
+    LocalFileUnreadable,
+    Signature,
+    SupRsyncError,
+    local_signature,
+    md5_file,
+    racily_clean,
+)
 from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
@@ -110,6 +119,8 @@ class BatchReport:
     failed: int = 0
     missing: int = 0
     changed: int = 0
+    #: files that could not be looked at now (stale NFS handle, EIO ...): still pending
+    deferred: int = 0
     bytes: int = 0
     error: str | None = None
     unreachable: bool = False
@@ -168,6 +179,8 @@ class Copier:
         self.backend = backend
         self.settings = settings
         self.cancel = cancel or threading.Event()
+        #: ids of files hashed so soon after their last change that their signature is not trusted
+        self._racy: set[int] = set()
 
     def copy_batch(self) -> BatchReport:
         """Pick, send, check and record one batch (no pipelining)."""
@@ -290,6 +303,8 @@ class Copier:
                 report.missing += 1
             elif r.outcome == "failed":
                 report.failed += 1
+            elif r.outcome == "deferred":
+                report.deferred += 1
             else:
                 report.changed += 1
         if report.stopped and not report.error:
@@ -307,21 +322,29 @@ class Copier:
         """A CopyResult if the file cannot be sent now, else ``(task, md5, signature)``."""
         try:
             sig = local_signature(task.local_path)
-        except SupRsyncError as exc:
+        except LocalFileUnreadable as exc:
+            return CopyResult(task.id, "deferred", error=str(exc))
+        except SupRsyncError as exc:  # gone, or no longer a regular file
             return CopyResult(task.id, "missing", error=str(exc))
         md5 = task.local_md5sum
         if md5 is None or not task.signature_matches(sig):
+            hashed_at = time.time()
             try:
                 md5 = md5_file(task.local_path, self.cancel)
                 after = local_signature(task.local_path)
             except InterruptedError:
                 return CopyResult(task.id, "changed", error="stopped while hashing")
+            except LocalFileGone as exc:
+                return CopyResult(task.id, "missing", error=str(exc))
+            except (LocalFileUnreadable, OSError) as exc:
+                error = str(exc) if isinstance(exc, SupRsyncError) else f"cannot read local file: {exc.strerror or exc}"
+                return CopyResult(task.id, "deferred", error=error)
             except SupRsyncError as exc:
                 return CopyResult(task.id, "missing", error=str(exc))
-            except OSError as exc:
-                return CopyResult(task.id, "failed", error=f"cannot read local file: {exc.strerror or exc}")
             if after != sig:
                 return CopyResult(task.id, "changed", error="local file changed while it was hashed; sent later")
+            if racily_clean(sig, hashed_at):
+                self._racy.add(task.id)
         return (task, md5, sig)
 
     def _verify(self, sendable, put: TransferOutcome, report: BatchReport) -> list[CopyResult]:
@@ -344,7 +367,11 @@ class Copier:
                                        timeout=s.md5_timeout(nbytes), cancel=self.cancel)  # fmt: skip
         for task, md5, sig in sendable:
             got = remote.get(task.remote_path)
-            common = {"local_md5sum": md5, "local_size": sig.size, "local_mtime": sig.mtime, "remote_md5sum": got,
+            # A racily clean file's signature proves nothing: stored without its mtime it never
+            # matches, so the file is hashed again before it is deleted (and registering it
+            # again sends it again).
+            mtime = None if task.id in self._racy else sig.mtime
+            common = {"local_md5sum": md5, "local_size": sig.size, "local_mtime": mtime, "remote_md5sum": got,
                       "local_ino": sig.ino, "local_ctime_ns": sig.ctime_ns}  # fmt: skip
             if got == md5:
                 try:

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .files import DeleteResult, SupRsyncError, local_signature, md5_file
+from .files import DeleteResult, LocalFileGone, LocalFileUnreadable, SupRsyncError, local_signature, md5_file
 from .ledger import SupRsyncFilesManager
 
 log = logging.getLogger("hpcsync.suprsync")
@@ -81,8 +81,13 @@ def _delete_one(task, remote_md5: str | None, cancel) -> tuple[DeleteResult, boo
     path = task.local_path
     try:
         sig = local_signature(path)
-    except SupRsyncError:
+    except LocalFileGone:
         return DeleteResult(task.id, "gone", error="local file was already gone when it was due for deletion"), False
+    except LocalFileUnreadable as exc:
+        # A stale NFS handle or EIO says nothing about whether the file is there: not removed.
+        return DeleteResult(task.id, "busy", error=f"{exc}; checked again next time"), False
+    except SupRsyncError as exc:  # no longer a regular file: not ours to delete
+        return DeleteResult(task.id, "kept", error=str(exc)), False
     fresh = None  # the signature a new md5 equal to the remote one was computed from
     if not task.signature_matches(sig):
         try:
@@ -90,10 +95,10 @@ def _delete_one(task, remote_md5: str | None, cancel) -> tuple[DeleteResult, boo
             after = local_signature(path)
         except InterruptedError:
             return DeleteResult(task.id, "busy", error="stopped while hashing it before deletion"), True
-        except (FileNotFoundError, SupRsyncError):
+        except (FileNotFoundError, LocalFileGone):
             return DeleteResult(task.id, "gone", error="local file was gone when it was due for deletion"), True
-        except OSError as exc:
-            return DeleteResult(task.id, "kept", error=f"changed after it was copied and cannot be read: {exc}"), True
+        except (LocalFileUnreadable, OSError) as exc:
+            return DeleteResult(task.id, "busy", error=f"cannot read it to check it before deletion: {exc}"), True
         if after != sig:
             # Written to (or replaced) while it was hashed: not the content that was verified,
             # and neither this md5 nor this signature can be trusted. Sent again (the copier

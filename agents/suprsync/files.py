@@ -157,14 +157,28 @@ def _db_ino(ino: int) -> int:
     return ino - _INO_WRAP if ino >= 1 << 63 else ino
 
 
+class LocalFileGone(SupRsyncError):
+    """The local file does not exist (``ENOENT``/``ENOTDIR``): the only stat error that means gone."""
+
+
+class LocalFileUnreadable(SupRsyncError):
+    """The local file could not be looked at now (a stale NFS handle, EIO, EACCES ...). It may
+    well still be there: neither copied as missing nor recorded as deleted; tried again."""
+
+
 def local_signature(local_path: str) -> Signature:
-    """The :class:`Signature` of a regular local file, or SupRsyncError saying what is wrong."""
+    """The :class:`Signature` of a regular local file.
+
+    Raises :class:`LocalFileGone` if it does not exist, :class:`LocalFileUnreadable` if
+    it cannot be stat'ed for another reason, :class:`SupRsyncError` if it is not a
+    regular file.
+    """
     try:
         st = os.stat(local_path)
-    except FileNotFoundError:
-        raise SupRsyncError(f"local file {local_path!r} does not exist") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise LocalFileGone(f"local file {local_path!r} does not exist") from None
     except OSError as exc:
-        raise SupRsyncError(f"cannot stat local file {local_path!r}: {exc.strerror}") from None
+        raise LocalFileUnreadable(f"cannot stat local file {local_path!r}: {exc.strerror or exc}") from None
     if not statmod.S_ISREG(st.st_mode):
         raise SupRsyncError(f"local path {local_path!r} is not a regular file")
     return Signature(st.st_size, st.st_mtime_ns / 1e9, _db_ino(st.st_ino), st.st_ctime_ns)
@@ -191,6 +205,22 @@ def same_signature(
 def same_size_and_mtime(size: int | None, mtime: float | None, other: Signature) -> bool:
     """The comparison of rows that lack inode and ctime (re-registration of older rows)."""
     return size == other.size and mtime is not None and abs(mtime - other.mtime) < _MTIME_TOLERANCE
+
+
+#: How close to the moment a file was hashed its mtime may be before the signature is not
+#: trusted ("racily clean", as git calls it): on a filesystem with whole-second timestamps
+#: (ext2/3 with 128-byte inodes, NFS from some servers) a rewrite in the same second after
+#: the hash keeps size, mtime, inode and ctime. Sub-second timestamps tick with the kernel's
+#: coarse clock (a few ms).
+RACY_WINDOW_COARSE = 2.0
+RACY_WINDOW_FINE = 0.05
+
+
+def racily_clean(sig: Signature, hashed_at: float) -> bool:
+    """True if the file may have changed after ``hashed_at`` without its signature showing
+    it: its md5 must be computed again before the file is trusted (e.g. deleted)."""
+    coarse = round(sig.mtime * 1e9) % 1_000_000_000 == 0
+    return sig.mtime > hashed_at - (RACY_WINDOW_COARSE if coarse else RACY_WINDOW_FINE)
 
 
 def md5_file(path: str, cancel: threading.Event | None = None, chunk: int = 1 << 20) -> str:
@@ -233,8 +263,10 @@ class CopyResult:
     :meth:`~hpcsync.agents.suprsync.ledger.SupRsyncFilesManager.record_results`.
 
     ``outcome``: ``verified`` (remote md5 matched), ``failed`` (copy or check failed: one
-    attempt counted), ``missing`` (local file gone: one attempt counted) or ``changed``
-    (the file changed while it was copied: nothing counted, it is sent again).
+    attempt counted), ``missing`` (local file gone: one attempt counted), ``changed``
+    (the file changed while it was copied: nothing counted, it is sent again) or
+    ``deferred`` (the local file could not be looked at now, e.g. a stale NFS handle: it
+    stays pending with the reason, no attempt counted).
     """
 
     id: int
@@ -256,8 +288,8 @@ class CopyResult:
 @dataclass
 class DeleteResult:
     """``outcome``: ``removed``, ``gone`` (already deleted), ``changed`` (re-queued), ``kept``
-    (not deletable: never tried again) or ``busy`` (a stop request interrupted its check: it
-    stays ``copied`` and is checked again next time).
+    (not deletable: never tried again) or ``busy`` (a stop request interrupted its check, or
+    the file could not be looked at now: it stays ``copied`` and is checked again next time).
 
     With ``removed``/``kept`` and a signature, the file was hashed again and its md5 still
     is the verified remote md5: that signature is stored (the file stays verified). With
@@ -285,6 +317,8 @@ __all__ = [
     "CopyResult",
     "DeleteResult",
     "FileTask",
+    "LocalFileGone",
+    "LocalFileUnreadable",
     "RemotePathError",
     "Signature",
     "SupRsyncError",
@@ -296,6 +330,7 @@ __all__ = [
     "local_signature",
     "md5_file",
     "normalize_remote_path",
+    "racily_clean",
     "same_signature",
     "same_size_and_mtime",
     "split_path",

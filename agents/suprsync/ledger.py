@@ -657,7 +657,8 @@ class SupRsyncFilesManager:
         verified = [r for r in results if r.outcome == "verified"]
         failed = [r for r in results if r.outcome in ("failed", "missing")]
         changed = [r for r in results if r.outcome == "changed"]
-        unknown = {r.outcome for r in results} - {"verified", "failed", "missing", "changed"}
+        deferred = [r for r in results if r.outcome == "deferred"]
+        unknown = {r.outcome for r in results} - {"verified", "failed", "missing", "changed", "deferred"}
         if unknown:
             raise ValueError(f"unknown copy outcomes {sorted(unknown)}")
         with self.session() as s:
@@ -703,6 +704,13 @@ class SupRsyncFilesManager:
                     .where(t.c.id == bindparam("b_id"), owned)
                     .values(local_md5sum=None, last_attempt_at=now, last_error=bindparam("b_error")),
                     [{"b_id": r.id, "b_error": r.error or "changed while being copied"} for r in changed],
+                )
+            if deferred:
+                s.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"), owned)
+                    .values(last_attempt_at=now, last_error=bindparam("b_error")),
+                    [{"b_id": r.id, "b_error": r.error or "local file could not be looked at"} for r in deferred],
                 )
 
     def next_deletions(

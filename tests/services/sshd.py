@@ -74,7 +74,12 @@ class Sshd:
         ]  # fmt: skip
 
     def stop(self) -> None:
+        """Stop the server (it can be started again with :meth:`start_again`)."""
         daemon.stop(self.pid, timeout=10)
+
+    def close(self) -> None:
+        """Stop for good and remove this server's authorized keys."""
+        self.stop()
         if self.authorized_dir is not None:
             shutil.rmtree(self.authorized_dir, ignore_errors=True)
 
