@@ -15,6 +15,7 @@ from .process import CommandError
 from .secrets import SecretError
 from .siteconfig import SiteConfigError
 from .ssh import SshConfigError
+from .transfer.base import RemoteUnreachable
 
 
 class ConfigError(ValueError):
@@ -31,5 +32,6 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     SecretError,
     SiteConfigError,
     SshConfigError,
+    RemoteUnreachable,
     OSError,
 )
