@@ -77,6 +77,12 @@ AGENTS: tuple[AgentEntry, ...] = (
         "into <root>/<project>/<epn>/data/, verified, never queued twice; reads ASSyncy's config.yml; dry run "
         "by default",
     ),
+    AgentEntry(
+        "EpnAlert",
+        "epnalert",
+        "mail a helpdesk (Jinja2 text + HTML, SMTP with STARTTLS/SSL and auth) about Synchrotron EPNs no project "
+        "claims, once per EPN and again after a reminder interval; reads ASSyncy's config.yml",
+    ),
 )
 
 

@@ -16,6 +16,7 @@ import pytest
 from services.hub import start_hub
 from services.mariadb import start_mariadb
 from services.postgres import start_postgres
+from services.smtp import start_smtp
 from services.sshd import start_sshd
 
 
@@ -104,3 +105,21 @@ def slapd(tmp_path_factory):
     server = start_slapd(tmp_path_factory.mktemp("slapd"))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def smtp_server(tmp_path_factory):
+    """aiosmtpd on loopback requiring STARTTLS and AUTH (self-signed certificate, its CA file)."""
+    server = start_smtp(tmp_path_factory.mktemp("smtp"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def synchrotron_portal():
+    """The Synchrotron portal emulator on a free loopback port (one per test)."""
+    from hpcsync.agents.testing.synchrotron_portal import SynchrotronPortalEmulator
+
+    emulator = SynchrotronPortalEmulator().start()
+    yield emulator
+    emulator.stop()

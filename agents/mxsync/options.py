@@ -90,15 +90,10 @@ def remote_backend(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """MxSync's options (site-config ``arguments:``; the CLI's too)."""
+def add_source_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The options MxSync and EpnAlert share: the config file, the portal, the remote host
+    and its layout, the EPN map, the ledger."""
     parser.add_argument("--config", help="an ASSyncy config.yml, read as it is; the options below override it")
-    parser.add_argument(
-        "--execute",
-        action="store_true",
-        default=None,
-        help="the run process moves data (default: rsync dry runs only, as ASSyncy without --execute)",
-    )
     parser.add_argument("--portal-url", help="portal base URL (config: base-url)")
     parser.add_argument(
         "--equipment-id",
@@ -127,12 +122,29 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
     parser.add_argument(
         "--host-key-checking", choices=HOST_KEY_POLICIES, help="yes (default), accept-new, or off (test rigs only)"
     )
+    parser.add_argument("--visit-day-range", type=float, help="days back to look for finished visits (default 200)")
+    parser.add_argument("--scope", help="ledger scope (default: <beamline>:<destination root>)")
+    parser.add_argument("--db", help="ledger database URL or SQLite path (default: $HPCSYNC_DB_URL or ~/.local/state)")
+    parser.add_argument("--portal-timeout", type=float, default=30.0, help="seconds per portal request (default 30)")
+    parser.add_argument("--portal-retries", type=int, default=3, help="retries of a portal request (default 3)")
+    parser.add_argument("--portal-backoff", type=float, default=1.0, help="first wait between retries (default 1 s)")
+    parser.add_argument("--auto-run", action="store_true", help="start the run process when the agent starts")
+
+
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """MxSync's options (site-config ``arguments:``; the CLI's too)."""
+    add_source_arguments(parser)
+    parser.add_argument(
+        "--execute",
+        action="store_true",
+        default=None,
+        help="the run process moves data (default: rsync dry runs only, as ASSyncy without --execute)",
+    )
     parser.add_argument(
         "--destination-root",
         help="destination root; EPNs land in <root>/<project>/<epn>/data/ (config: destination-root-path)",
     )
     parser.add_argument("--max-tasks", type=int, help="transfers at a time (config: max-tasks; default 1)")
-    parser.add_argument("--visit-day-range", type=float, help="days back to look for finished visits (default 200)")
     parser.add_argument(
         "--sync-frequency-hours", type=float, help="hours between cycles of the run process (default 24)"
     )
@@ -154,11 +166,6 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         default=5,
         help="failed attempts before an EPN is held as failed until 'retry' (default: %(default)s)",
     )
-    parser.add_argument("--scope", help="ledger scope (default: <beamline>:<destination root>)")
-    parser.add_argument("--db", help="ledger database URL or SQLite path (default: $HPCSYNC_DB_URL or ~/.local/state)")
-    parser.add_argument("--portal-timeout", type=float, default=30.0, help="seconds per portal request (default 30)")
-    parser.add_argument("--portal-retries", type=int, default=3, help="retries of a portal request (default 3)")
-    parser.add_argument("--portal-backoff", type=float, default=1.0, help="first wait between retries (default 1 s)")
     parser.add_argument(
         "--transfer-timeout", type=float, default=7 * 86400.0, help="seconds one EPN's rsync may take (default: a week)"
     )
@@ -168,7 +175,6 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         default=60.0,
         help="seconds after which a transfer whose owner stopped beating (killed) is taken over",
     )
-    parser.add_argument("--auto-run", action="store_true", help="start the run process when the agent starts")
 
 
 @dataclass

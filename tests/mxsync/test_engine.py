@@ -5,9 +5,11 @@ under <root>/<project>/<epn>/data/, the ledger's states, the report's sentences.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -187,8 +189,9 @@ def test_an_epn_is_never_queued_twice(portal, remote, sshd, tmp_path):
     assert other.ledger.rows()[0]["attempts"] == 1
 
 
-def test_an_sftp_only_host_works_through_paramiko(portal, sshd, tmp_path):
-    root = sshd.sftp_upload_dir / f"data-{tmp_path.name[-10:]}"
+def test_an_sftp_only_host_works_through_paramiko(portal, sshd, tmp_path, request):
+    root = sshd.sftp_upload_dir / f"data-{uuid.uuid4().hex[:10]}"
+    request.addfinalizer(lambda: shutil.rmtree(root, ignore_errors=True))
     files = make_epn(root, "12282a")
     finished(portal, "12282a")
     dest = tmp_path / "scratch"
