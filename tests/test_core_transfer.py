@@ -15,6 +15,7 @@ import hashlib
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from hpcsync.agents.core.transfer import (
 )
 from hpcsync.agents.core.transfer.rsync import parse_checksum_output, parse_find_output
 from hpcsync.agents.core.transfer.s3 import CredentialsRefused, S3Backend
+from hpcsync.agents.core.transfer.sftp import SftpBackend
 
 HOSTILE_NAMES = [
     "with space.dat",
@@ -99,7 +101,8 @@ def _s3_rig(s3_server) -> Rig:
 
 
 @pytest.fixture(params=["local", "localdir", pytest.param("ssh", marks=pytest.mark.integration),
-                        pytest.param("s3", marks=pytest.mark.integration)])  # fmt: skip
+                        pytest.param("s3", marks=pytest.mark.integration),
+                        pytest.param("sftp", marks=pytest.mark.integration)])  # fmt: skip
 def rig(request, tmp_path) -> Rig:
     if request.param == "local":
         base = tmp_path / "base"
@@ -114,11 +117,30 @@ def rig(request, tmp_path) -> Rig:
     if request.param == "s3":
         yield _s3_rig(request.getfixturevalue("s3_server"))
         return
+    if request.param == "sftp":
+        yield from _sftp_rig(request.getfixturevalue("sshd"))
+        return
     sshd = request.getfixturevalue("sshd")
     base = sshd.make_remote_dir()
     opts = SshOptions(sshd.shell_destination, port=sshd.port, key_file=str(sshd.client_key),
                       known_hosts_file=str(sshd.known_hosts), connect_timeout=5)  # fmt: skip
     yield Rig(base, lambda basedir, **kw: SshRsyncBackend(str(basedir), opts, **kw))
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _sftp_rig(sshd):
+    """sftp to the chrooted sftp-only user: the base is ``<chroot>/upload/<fresh dir>``,
+    which the user sees as ``/upload/<fresh dir>`` (no shell, no rsync there)."""
+    base = sshd.sftp_upload_dir / uuid.uuid4().hex[:12]
+    base.mkdir()
+    shutil.chown(base, "hsftponly", "hsftponly")
+    opts = SshOptions(sshd.sftp_destination, port=sshd.port, key_file=str(sshd.client_key),
+                      known_hosts_file=str(sshd.known_hosts), connect_timeout=5)  # fmt: skip
+
+    def make(basedir: Path, **kw) -> SftpBackend:
+        return SftpBackend("/upload/" + Path(basedir).relative_to(sshd.sftp_upload_dir).as_posix(), opts, **kw)
+
+    yield Rig(base, make, kind="sftp")
     shutil.rmtree(base, ignore_errors=True)
 
 
