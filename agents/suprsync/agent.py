@@ -160,22 +160,23 @@ class SupRsync(AgentShell):
 
     @task(changes_state=True, exclusive=False)  # one short ledger update: runs beside the loop
     @ocs_agent.param("ids", default=None, type=list)
-    @ocs_agent.param("dry_run", default=False, type=bool)
+    @ocs_agent.param("dry_run", default=True, type=bool)
     def retry_failed(self, session, params):
-        """retry_failed(ids=None, dry_run=False)
+        """retry_failed(ids=None, dry_run=True)
 
         **Task** - Give files of this archive that hit the attempt limit (``failed``) or
         whose local file went missing (``missing``) fresh attempts: they become pending
-        with their attempt count reset.
+        with their attempt count reset. A dry run by default, like every op that changes
+        state: started with no parameters it only counts the files it would retry.
 
         Parameters:
             ids (list of int, optional): only these file ids (see ``list_failed``);
                 default: every failed or missing file of the archive.
-            dry_run (bool): only count them.
+            dry_run (bool): only count them (default True); pass False to retry them.
 
         Notes:
             >>> response.session['data']
-            {'archive_name': 'timestreams', 'files': 3, 'dry_run': False,
+            {'archive_name': 'timestreams', 'files': 3, 'dry_run': True,
              'timestamp': 1661284493.54}
         """
 

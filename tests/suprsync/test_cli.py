@@ -20,8 +20,8 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 def test_add_list_check_retry_ignore(tmp_path, capsys):
     db = str(tmp_path / "l.db")
     f = write(tmp_path / "src" / "a.g3", "a")
-    code, out, _ = run(capsys, "suprsync", "--db", db, "add", str(f), f"{tc_now()}/a.g3", "--archive", "ts")
-    assert code == 0 and "registered" in out
+    code, out, _ = run(capsys, "suprsync", "--db", db, "add", str(f), f"{tc_now()}/a.g3", "--archive", "ts", "--create")
+    assert code == 0 and f"in archive ts of ledger {db} (id 1)" in out
     code, _, err = run(capsys, "suprsync", "--db", db, "add", str(f), "../a.g3", "--archive", "ts")
     assert code == 1 and "escape" in err
     code, out, _ = run(capsys, "suprsync", "--db", db, "check")
@@ -32,7 +32,7 @@ def test_add_list_check_retry_ignore(tmp_path, capsys):
     assert "1 files would be ignored" in out
     code, out, _ = run(capsys, "suprsync", "--db", db, "ignore", "--archive", "ts", "--status", "pending", "--apply")
     code, out, _ = run(capsys, "suprsync", "--db", db, "retry", "--archive", "ts")
-    assert "0 files" in out
+    assert out.strip() == "0 failed or missing files of ts would be pending again (dry run; add --apply)"
 
 
 def test_add_tree_then_run_once_copies_the_tree(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_add_tree_then_run_once_copies_the_tree(tmp_path, capsys):
     os.utime(fresh, None)
     prefix = str(tc_now())
     code, out, _ = run(capsys, "suprsync", "--db", db, "add-tree", str(root), "--archive", "ts",
-                       "--remote-prefix", prefix, "--dry-run")  # fmt: skip
+                       "--remote-prefix", prefix, "--dry-run", "--create")  # fmt: skip
     assert f"{len(HOSTILE_NAMES)} files" in out and f"{len(HOSTILE_NAMES)} new" in out
     code, out, _ = run(
         capsys, "suprsync", "--db", db, "add-tree", str(root), "--archive", "ts", "--remote-prefix", prefix
@@ -78,7 +78,7 @@ def test_add_tree_registers_every_file_it_can_and_names_the_others(tmp_path, cap
     write(root / "sub" / "b.g3", "b")
     with open(os.fsencode(str(root)) + b"/sub/caf\xe9.g3", "wb") as f:
         f.write(b"latin-1")
-    argv = ("suprsync", "--db", db, "add-tree", str(root), "--archive", "ts", "--last-edit", "0")
+    argv = ("suprsync", "--db", db, "add-tree", str(root), "--archive", "ts", "--last-edit", "0", "--create")
     code, out, err = run(capsys, *argv, "--dry-run")
     assert "2 files" in out and "not valid UTF-8" in err
     code, out, err = run(capsys, *argv)
