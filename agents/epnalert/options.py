@@ -8,6 +8,7 @@ resolved the same way; the mail options are EpnAlert's own. Each has a config ke
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,7 +137,7 @@ class EpnAlertOptions(MxSyncOptions):
             password=secret,
             ca_file=self.smtp_ca_file,
             subject=str(self.mail_setting("subject", config, DEFAULT_SUBJECT)),
-            mail_dir=self.mail_dir,
+            mail_dir=self.mail_dir or (os.path.join(self.demo, "mail") if self.demo else None),
         )
 
     def build_engine(self, ctx: JobContext, database: Callable[[], Database]) -> EpnAlertEngine:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -60,6 +61,60 @@ DEFAULTS = {
 }
 
 
+_DEMO_LOCK = threading.Lock()
+_DEMO_PORTAL: list = []
+
+
+def demo_settings(directory: str) -> dict[str, Any]:
+    """Config values of the demo: the portal emulator (started once per process, seeded with
+    :func:`~hpcsync.agents.testing.synchrotron_portal.demo_seed`) and EPN trees under
+    ``<directory>/synchrotron/data/mx`` (12282a/b, 13001a mapped; 14444a claimed by no one)."""
+    from hpcsync.agents.testing.synchrotron_portal import SynchrotronPortalEmulator, demo_seed
+
+    with _DEMO_LOCK:
+        if not _DEMO_PORTAL:
+            emulator = SynchrotronPortalEmulator()
+            emulator.seed(demo_seed())
+            _DEMO_PORTAL.append(emulator.start())
+        portal = _DEMO_PORTAL[0]
+    source = os.path.join(directory, "synchrotron", "data", "mx")
+    for epn, size in (("12282a", 3 << 20), ("12282b", 1 << 20), ("13001a", 2 << 20), ("14444a", 1 << 10)):
+        frames = os.path.join(source, epn, "frames")
+        if not os.path.isdir(frames):
+            os.makedirs(frames)
+            for n in range(3):
+                with open(os.path.join(frames, f"img_{n:04d}.cbf"), "wb") as fh:
+                    fh.write(os.urandom(size // 3))
+            with open(os.path.join(source, epn, ".info"), "w") as fh:
+                fh.write(f"EPN {epn}: demo beamtime\n")
+    return {
+        "base-url": portal.url,
+        "equipment": [
+            {
+                "username": "demo",
+                "password": "demo",
+                "client_name": "demo-client",
+                "client_password": "demo-client-secret",
+                "id": "23",
+            },
+            {
+                "username": "demo",
+                "password": "demo",
+                "client_name": "demo-client",
+                "client_password": "demo-client-secret",
+                "id": "24",
+            },
+        ],
+        "epn_cap_map": {"12282": "ny79", "13001": "ab12"},
+        "source-root": source,
+        "destination-root-path": os.path.join(directory, "scratch"),
+        "visit-day-range": 30,
+        "sync-frequency-hours": 0.01,
+        "epnalert-email-to": "helpdesk@example.edu",
+        "epnalert-email-from": "mxsync-demo@example.edu",
+    }
+
+
 def remote_backend(
     source_root: str,
     *,
@@ -94,6 +149,12 @@ def add_source_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     """The options MxSync and EpnAlert share: the config file, the portal, the remote host
     and its layout, the EPN map, the ledger."""
     parser.add_argument("--config", help="an ASSyncy config.yml, read as it is; the options below override it")
+    parser.add_argument(
+        "--demo",
+        metavar="DIR",
+        help="demo mode: start the shipped portal emulator in this process and use a local source tree under DIR "
+        "(made if missing); no outside service is needed",
+    )
     parser.add_argument("--portal-url", help="portal base URL (config: base-url)")
     parser.add_argument(
         "--equipment-id",
@@ -182,6 +243,7 @@ class MxSyncOptions(AgentOptions):
     """MxSync's arguments as given (None: take the config file's value, then the default)."""
 
     config: str | None = None
+    demo: str | None = None
     execute: bool | None = None
     portal_url: str | None = None
     equipment_id: list[str] | None = None
@@ -235,7 +297,10 @@ class MxSyncOptions(AgentOptions):
     # -- resolution (when a run starts) ----------------------------------------------------------
 
     def read_config(self) -> AssyncyConfig:
-        return load_assyncy_config(self.config) if self.config else AssyncyConfig("(no --config)", {})
+        config = load_assyncy_config(self.config) if self.config else AssyncyConfig("(no --config)", {})
+        if self.demo:
+            config.values = {**demo_settings(self.demo), **config.values}
+        return config
 
     def setting(self, name: str, config: AssyncyConfig) -> Any:
         """An argument's value, else the config file's, else the default."""
