@@ -40,7 +40,10 @@ class SlurmSync(AgentShell):
 
     agent_class = "SlurmSync"
     options_class = SlurmSyncOptions
-    feeds = (Feed("sync_stats", agg_params={"frame_length": 60}, buffer_time=1),)
+    feeds = (
+        Feed("sync_stats", agg_params={"frame_length": 60}, buffer_time=1),
+        Feed("audit", agg_params={"frame_length": 60}, buffer_time=1),
+    )
 
     # -- tasks ------------------------------------------------------------------------------
 
@@ -171,6 +174,54 @@ class SlurmSync(AgentShell):
             ),
             operation="full_sync",
             dry_run=not params["push"],
+            fields={"target": self.options.target},
+        )
+
+    @task(changes_state=False)
+    @ocs_agent.param("start", default=None, type=str, check=is_time)
+    @ocs_agent.param("end", default=None, type=str, check=is_time)
+    def audit(self, session, params):
+        """audit(start=None, end=None)
+
+        **Task** - Read-only: for every project with a compute allocation, compare the
+        usage the API holds (the project's and each member's) with the jobs it holds, and
+        those jobs with Slurm's. Lists jobs missing on either side, amounts that differ
+        from Slurm's cost, jobs the server's date rule kept from being charged, and jobs
+        still RUNNING in the API that Slurm has finished. Changes nothing, needs no
+        credential; the summary is also published on the ``audit`` feed.
+
+        Parameters:
+            start (str): compare jobs that started from this time (default: each
+                allocation's start date), ``YYYY-MM-DD[THH:MM:SS]`` or ISO 8601.
+            end (str): ... up to this time (default: now).
+
+        Notes:
+            ``drift`` counts each kind of finding; ``usage_drift_su`` is the projects'
+            usage minus what their jobs can have charged (positive: charged too much).
+            Example of ``session.data``::
+
+                >>> response.session['data']
+                {'operation': 'audit', 'target': 'mybrc', 'clean': False,
+                 'window': {'start': None, 'end': '2026-11-22T23:30:00Z'}, 'projects': 2,
+                 'jobs': {'in_api': 5, 'in_slurm': 6},
+                 'drift': {'stale_running': 1, 'missing_in_api': 1, 'missing_in_slurm': 0,
+                           'amount_differs': 0, 'uncharged': 0, 'usage_projects': 1,
+                           'usage_users': 1},
+                 'usage_drift_su': '100.00',
+                 'usage_differs': [{'project': 'fc_beta', 'user': None, 'usage': '3700.00',
+                                    'jobs_total': '3700.00', 'chargeable': '3600.00',
+                                    'drift': '100.00'}, ...],
+                 'findings': [{'kind': 'stale_running', 'project': 'fc_beta',
+                               'jobslurmid': '5', 'detail': 'RUNNING in the API ...'}, ...],
+                 'elapsed_s': 0.2, 'api_requests': 14, 'sacct_calls': 2,
+                 'log_file': '/var/log/ocs/slurmsync-mybrc/audit_mybrc.log',
+                 'activity': 'done', 'timestamp': 1767225600.0}
+        """
+        window = self.options.window(params)
+        return self.jobs.run(
+            session,
+            lambda job: job.engine.audit(**window),
+            operation="audit",
             fields={"target": self.options.target},
         )
 

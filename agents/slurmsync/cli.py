@@ -1,14 +1,17 @@
-"""``hpcsync slurmsync reverse-sync | running-jobs | full-sync``: the jobs without a hub.
+"""``hpcsync slurmsync reverse-sync | running-jobs | full-sync | audit``: the jobs without a hub.
 
 The flags follow the seed scripts: ``-T mybrc|mylrc``, ``-s START``, ``-e END``, ``--PUSH``
 (and ``--PRICE_FILE``). As there, the token file defaults to ``<script>_<target>.conf`` in
 the current directory and the book-keeping logs go to the current directory; unlike there,
-a missing token file is an error (exit status 1), not a silent success.
+a missing token file is an error (exit status 1), not a silent success. ``audit`` is
+read-only: it prints a table (``--json``: every finding as JSON) and exits 0 when the API
+and Slurm agree, 2 when it found drift, 1 when it could not finish.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from hpcsync.agents.core.skeleton import run_cli_job
@@ -17,7 +20,10 @@ from .clock import ClusterClock
 from .options import TARGET_HELP, SlurmSyncOptions, add_engine_arguments
 
 # Seed script name of each subcommand (token file and log file names).
-_SCRIPT = {"reverse-sync": "reverse_sync", "running-jobs": "sync_running_jobs", "full-sync": "full_sync"}
+_SCRIPT = {"reverse-sync": "reverse_sync", "running-jobs": "sync_running_jobs", "full-sync": "full_sync",
+           "audit": "audit"}  # fmt: skip
+#: ``audit``'s exit status when it found drift
+DRIFT = 2
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +49,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "--restart", action="store_true", help="ignore where an earlier push run stopped and start at the first project"
     )
     full.set_defaults(func=_cmd_full_sync)
+
+    audit = sub.add_parser(
+        "audit", help="read-only: API usage and jobs against Slurm's jobs (exit 2 when they drift apart)"
+    )
+    _common(audit)
+    audit.add_argument("-s", "--start", help="jobs that started from this time (default: each allocation's start)")
+    audit.add_argument("-e", "--end", help="... up to this time (default: now)")
+    audit.add_argument("--json", action="store_true", help="print every finding as JSON instead of tables")
+    audit.set_defaults(func=_cmd_audit)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +88,7 @@ def _window(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run(args: argparse.Namespace, operation: str, dry_run: bool, job):
+def _run(args: argparse.Namespace, operation: str, dry_run: bool, job, changes_state: bool = True):
     """Run ``job(engine)`` as the agent's op would (same options, engine and run record)."""
     token = args.token_file or f"{_SCRIPT[args.slurmsync_command]}_{args.target or 'target'}.conf"
     options = SlurmSyncOptions.from_args(args, token_file=token, log_dir=args.log_dir, instance_id="cli")
@@ -89,6 +104,7 @@ def _run(args: argparse.Namespace, operation: str, dry_run: bool, job):
         agent_class="SlurmSync",
         operation=operation,
         dry_run=dry_run,
+        changes_state=changes_state,
         progress=progress,
     )
 
@@ -145,3 +161,17 @@ def _cmd_full_sync(args: argparse.Namespace) -> int:
         ),
     )
     return _finish(report)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    times = _times(args)
+    report = _run(args, "audit", True, lambda engine: engine.audit(**times), changes_state=False)
+    if sys.stderr.isatty():
+        print("\r" + " " * 72 + "\r", end="", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.details(), indent=2, sort_keys=True))
+    else:
+        print(report.table())
+    if not report.ok:
+        return 1
+    return 0 if report.clean else DRIFT

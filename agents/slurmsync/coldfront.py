@@ -157,6 +157,47 @@ class ColdFrontApi:
                 raise _malformed("GET jobs/?jobstatus=RUNNING", f"job #{index + 1} has no 'jobslurmid' ({_shape(job)})")
         return jobs
 
+    def jobs(
+        self, account: str, start: datetime, end: datetime, user: str | None = None
+    ) -> tuple[list[dict], Decimal | None]:
+        """An account's (and user's) jobs whose start date lies in [start, end], and the
+        server's ``total_amount`` over them."""
+        params = {"account": account, "start_time": int(start.timestamp()), "end_time": int(end.timestamp())}
+        if user:
+            params["user"] = user
+        where = f"GET jobs/?account={account}" + (f"&user={user}" if user else "")
+        jobs: list[dict] = []
+        total: Decimal | None = None
+        for number, page in enumerate(self.client.paginate("jobs/", params), 1):
+            results = page["results"]
+            if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+                raise _malformed(f"{where} page {number}", "'results' is not a list of objects")
+            if number == 1:
+                total = _decimal(page.get("total_amount"))  # a JSON number: cents again
+                total = None if total is None else total.quantize(Decimal("0.01"))
+            for job in results:
+                if not isinstance(job.get("jobslurmid"), (str, int)) or isinstance(job.get("jobslurmid"), bool):
+                    raise _malformed(where, f"a job has no 'jobslurmid' ({_shape(job)})")
+            jobs.extend(results)
+        return jobs, total
+
+    def allocation_users(self, project: str, resource: str) -> list[dict]:
+        """The members of a project's allocation of ``resource`` (``id``, ``user``, ``status``)."""
+        users = list(self.list_all("allocation_users/", {"project": project, "resources": resource}))
+        for member in users:
+            if not isinstance(member.get("id"), int) or not isinstance(member.get("user"), str):
+                raise _malformed(f"GET allocation_users/?project={project}", f"no 'id' or 'user' ({_shape(member)})")
+        return users
+
+    def user_service_units(self, allocation_user_id: int) -> tuple[Decimal | None, Decimal | None]:
+        """(allocated SUs, used SUs) of one member of an allocation."""
+        path = f"allocation_users/{allocation_user_id}/attributes/"
+        results = _results(self.client.get_json(path, {"type": SERVICE_UNITS}), f"GET {path}")
+        if not results:
+            return None, None
+        usage = results[0].get("usage")
+        return _decimal(results[0].get("value")), _decimal(usage.get("value") if isinstance(usage, dict) else None)
+
     # -- writes ----------------------------------------------------------------------------
 
     def put_job(self, payload: dict) -> PushResult:

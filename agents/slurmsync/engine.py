@@ -43,6 +43,7 @@ from hpcsync.agents.core.secrets import Secret
 from hpcsync.db import Database
 from hpcsync.db.runs import get_cursor, set_cursor
 
+from .audit import AuditReport, run_audit
 from .bookkeeping import BookkeepingLog
 from .charging import ChargeRule
 from .clock import ClusterClock, api_time
@@ -556,7 +557,7 @@ class SlurmSyncEngine:
                     report.projects_without_allocation.append(name)
                     book.warning(f"project {name}: no {self.profile.resource_for(name)} allocation; skipped")
                 else:
-                    project_start = start or self._allocation_start(allocation.start_date, name, book)
+                    project_start = start or self.allocation_start(allocation.start_date, name, book)
                     jobs = self.slurm.jobs_of_account(name, project_start, end)
                     ready = self._finished(jobs, report, self.charge_rule(allocation))
                     self._send(ready, report, book, push=push, skip_unchanged=True, budget=budget, retry=retry_rejected)
@@ -574,12 +575,14 @@ class SlurmSyncEngine:
                 set_cursor(self.db, self.cursor_scope, "full_sync", None)
         return report
 
-    def _allocation_start(self, start_date: str | None, project: str, book: BookkeepingLog) -> datetime:
+    def allocation_start(self, start_date: str | None, project: str, book: BookkeepingLog | None = None) -> datetime:
+        """Where a project's jobs are read from: its allocation's start date, else the period start."""
         if start_date:
             try:
                 return self.clock.date_start(start_date)
             except ValueError:
-                book.warning(f"project {project}: allocation start_date {start_date!r} is not a date")
+                if book is not None:
+                    book.warning(f"project {project}: allocation start_date {start_date!r} is not a date")
         return self.clock.period_start(self.profile.period_start_month, self.profile.period_start_day)
 
     def _finished(self, jobs: Sequence[SacctJob], report: SyncReport, rule: ChargeRule) -> list[PreparedJob]:
@@ -721,6 +724,12 @@ class SlurmSyncEngine:
             self._pool.shutdown(wait=True)
             self._pool = None
         self.api.close()
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def audit(self, *, start: datetime | None = None, end: datetime | None = None) -> AuditReport:
+        """Read-only: the server's usage and jobs against Slurm's jobs (see :mod:`.audit`)."""
+        return run_audit(self, start=start, end=end)
 
     # -- reverse sync ----------------------------------------------------------------------
 

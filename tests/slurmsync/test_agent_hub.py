@@ -29,6 +29,7 @@ def agent(hub, slurm, emulator, tmp_path, request):
         "token": write_token(tmp_path / "api.token"),
         "logs": tmp_path / "logs",
         "db": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "instance_id": instance_id,
     }
 
     def start(*extra: str):
@@ -269,3 +270,30 @@ def test_a_stop_against_a_very_slow_api_ends_the_op_and_a_second_sync_is_refused
     assert again.session["success"] is True, again.session["messages"]
     usage = {p: emulator.usage(p) for p in ("pc_alpha", "fc_beta")}
     assert usage == expected_usage(finished_jobs(slurm))  # each job charged once
+
+
+def test_audit_is_read_only_needs_no_password_and_finds_what_drifted(agent, slurm, hub, emulator):
+    start, paths = agent
+    client = start()
+    assert client.full_sync(push=True).session["data"]["jobs"]["pushed"] == 4
+    puts = emulator.request_count("PUT") + emulator.request_count("POST")
+    reader = hub.client(paths["instance_id"], privs=1)  # no password: a reading op
+
+    clean = reader.audit()
+    data = clean.session["data"]
+    assert clean.session["success"] is True and data["clean"] is True, data
+    assert data["jobs"] == {"in_api": 4, "in_slurm": 5} and data["projects"] == 3  # the running job is not in the API
+
+    # The plugin lost the end of the failed job: the API says RUNNING again, with its estimate.
+    failed = slurm.jobs["failed"]
+    charged = Decimal(emulator.job(failed)["amount"])
+    emulator.delete_job(failed)
+    post_running(emulator, failed, slurm.sacct_utc()[failed])
+    drifted = reader.audit()
+    data = drifted.session["data"]
+    assert drifted.session["success"] is True and data["clean"] is False
+    assert data["drift"]["stale_running"] == 1 and data["findings"][0]["jobslurmid"] == failed
+    # fc_beta's usage still holds the failed job's charge on top of the new estimate.
+    assert data["usage_differs"][0]["project"] == "fc_beta" and Decimal(data["usage_drift_su"]) == charged
+    assert emulator.request_count("PUT") + emulator.request_count("POST") == puts + 1  # only the planted POST
+    assert (paths["logs"] / "audit_testbrc.log").exists()
