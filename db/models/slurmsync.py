@@ -9,6 +9,11 @@ the job and ``pushed_hash`` the one the API last accepted: a job is pushed again
 they differ. The intent (``state='pushing'``) is committed before the PUT and the outcome
 after it; since the API's PUT is an upsert that adjusts usage by the difference between the
 new and old amounts, repeating a PUT whose outcome was lost charges nothing twice.
+
+``state`` is ``pending``, ``pushing`` (intent committed), ``pushed``, ``stored_uncharged``
+(accepted, but the server's date rule kept it from usage; ``error`` says why), ``rejected``
+(refused with 4xx; ``payload_hash`` is the payload refused, not sent again unchanged) or
+``failed``.
 """
 
 from __future__ import annotations

@@ -185,6 +185,8 @@ def test_profile_file_extends_and_validates(tmp_path):
         "profiles: [\n": "is not valid YAML",
         "targets: {}\n": "expected a top-level 'profiles:'",
         "profiles:\n  x:\n    period_start: 06-01\n": "base_url is required",
+        "profiles:\n  x:\n    extends: mybrc\n    periodic_prefixes: pc_\n": "periodic_prefixes must be a list",
+        "profiles:\n  x:\n    extends: mybrc\n    server_time_zone: Mars/Olympus\n": "not an IANA zone name",
     }
     for text, needle in cases.items():
         path.write_text(text)
@@ -206,3 +208,24 @@ def test_user_times_are_cluster_local_unless_they_carry_an_offset():
         LA.parse_user_time("2024-13-01", "start")
     with pytest.raises(ConfigError, match="not a known IANA zone"):
         ClusterClock("Mars/Olympus")
+
+
+def test_the_servers_charge_rule_by_prefix_and_allocation_dates():
+    from hpcsync.agents.slurmsync.charging import ChargeRule
+    from hpcsync.agents.slurmsync.coldfront import Allocation
+
+    def rule(project: str, start: str | None, end: str | None) -> ChargeRule:
+        allocation = Allocation(1, project, "Savio Compute", start, "Active", end)
+        return ChargeRule.of(allocation, ("fc_", "ic_", "pc_"), "America/Los_Angeles")
+
+    t = datetime(2025, 1, 10, tzinfo=UTC)
+    assert rule("pc_a", "2024-06-01", "2025-05-31").why_uncharged(t, t, t) is None
+    assert "has no end date" in rule("pc_a", "2024-06-01", None).why_uncharged(t, t, t)
+    assert rule("pc_a", "2024-06-01", None).why_uncharged(t, t, None, put=False) is None  # a POST: no end check
+    assert rule("ac_a", "2024-06-01", None).why_uncharged(t, t, t) is None  # not periodic
+    assert "has no start date" in rule("ac_a", None, None).why_uncharged(t, t, t)
+    # 2025-01-10 ends at 08:00 UTC the next day (PST): a job ending 07:59:59 is in, 08:00:01 out.
+    last = rule("fc_a", "2024-06-01", "2025-01-10")
+    assert last.why_uncharged(t, t, datetime(2025, 1, 11, 7, 59, 59, tzinfo=UTC)) is None
+    assert "ended after" in last.why_uncharged(t, t, datetime(2025, 1, 11, 8, 0, 1, tzinfo=UTC))
+    assert "started before" in rule("fc_a", "2025-01-11", None).why_uncharged(t, t, t)
