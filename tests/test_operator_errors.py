@@ -97,6 +97,7 @@ def test_site_config_mistakes_each_give_one_line(tmp_path, capsys):
         _suprsync("no-root", base, **{"--suprsync-file-root": str(tmp_path / "missing-root")}),
         _suprsync("bad-value", base, **{"--sleep-time": "soon"}),
         {"agent-class": "SupRsync", "instance-id": "no-args", "intance": 1},
+        _suprsync("no-policy", base, **{"--access-policy": f"file:{tmp_path / 'policy.yaml'}"}),
     ]
     site = _site(tmp_path, instances, hubb=1)
     classes = ", ".join(sorted(known_agent_classes()))
@@ -114,6 +115,7 @@ def test_site_config_mistakes_each_give_one_line(tmp_path, capsys):
         f"{site}: bad-value: argument --sleep-time: invalid float value: 'soon'",
         f"{site}: no-args: missing required argument(s): --archive-name, --remote-basedir, --db-path, "
         "--suprsync-file-root",
+        f"{site}: no-policy: --access-policy file {tmp_path / 'policy.yaml'} does not exist",
     ]
     for line in expected:
         assert line in found, f"{line!r} not in {found}"

@@ -302,6 +302,13 @@ def check_site(path: str | Path, host: str | None = None, *, create: bool = Fals
     return flight
 
 
+def _demo_files(site: SiteConfig) -> set[str]:
+    """The files ``up`` makes for the demo (``demo-credentials``): not there before it runs."""
+    raw = yaml.safe_load(site.path.read_text(encoding="utf-8"))
+    block = raw.get("demo-credentials") if isinstance(raw, dict) else None
+    return {str(v) for v in block.values()} if isinstance(block, dict) else set()
+
+
 def _asks_for_directories(site: SiteConfig) -> bool:
     raw = yaml.safe_load(site.path.read_text(encoding="utf-8"))
     return raw.get("create-directories") is True
@@ -316,6 +323,9 @@ def _check_instance(site: SiteConfig, inst: Any, local: bool, flight: Preflight)
     except SiteConfigError as exc:
         flight.problems.append(str(exc))
         return
+    policy = getattr(args, "access_policy", None) or ""
+    if local and policy.startswith("file:") and policy[len("file:") :] not in _demo_files(site):
+        flight.add(where, readable_file(policy[len("file:") :], "--access-policy file"))
     cls = options_class(inst.agent_class)
     if cls is None:
         return  # one of ocs's own agents: its arguments parsed, nothing more to know
