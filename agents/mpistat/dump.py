@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - isal is optional
     INFLATE = "zlib"
 
 #: Bytes of decompressed text per parsed block (whole lines).
-BLOCK_SIZE = 8 << 20
+BLOCK_SIZE = 4 << 20
 #: Blocks decompressed ahead of the parser.
 QUEUE_DEPTH = 2
 #: Compressed bytes read per call.
@@ -344,21 +344,21 @@ def iter_text(path: str | Path, cancel: threading.Event | None = None) -> Iterat
 
 @dataclass
 class Block:
-    """Whole lines of one file: ``first_line`` is the number of its first line (from 1)."""
+    """Whole lines of one file (the reader numbers them as it goes)."""
 
-    first_line: int
     data: bytes
     compressed_done: int
+    first_line: int = 0
 
 
-def iter_blocks(
-    path: str | Path, *, block_size: int = BLOCK_SIZE, cancel: threading.Event | None = None
-) -> Iterator[Block]:
-    """Blocks of whole lines, decompressed by a background thread at most
-    :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it had none."""
-    q: queue.Queue = queue.Queue(maxsize=QUEUE_DEPTH)
+def threaded(produce: Callable[[threading.Event], Iterator], cancel: threading.Event | None = None,
+             depth: int = QUEUE_DEPTH, name: str = "mpistat-reader") -> Iterator:  # fmt: skip
+    """The items of ``produce(stop)``, made by a background thread at most ``depth`` ahead.
+
+    Its exceptions are raised here; closing the iterator (or ``cancel``) stops it."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    END = object()
+    end = object()
 
     def put(item) -> bool:
         while not stop.is_set():
@@ -369,38 +369,21 @@ def iter_blocks(
                 continue
         return False
 
-    def produce() -> None:
+    def work() -> None:
+        items = produce(stop)
         try:
-            pending: list[bytes] = []
-            pending_len = 0
-            line = 1
-            done = 0
-            for piece, done in iter_text(path, stop):
-                pending.append(piece)
-                pending_len += len(piece)
-                if pending_len < block_size:
-                    continue
-                data = b"".join(pending)
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:  # one line longer than a block: keep reading
-                    pending, pending_len = [data], len(data)
-                    continue
-                head = data[:cut]
-                if not put(Block(line, head, done)):
+            for item in items:
+                if not put(item):
                     return
-                line += head.count(b"\n")
-                rest = data[cut:]
-                pending, pending_len = [rest], len(rest)
-            data = b"".join(pending)
-            if data:
-                if not data.endswith(b"\n"):
-                    data += b"\n"
-                put(Block(line, data, done))
-            put(END)
+            put(end)
         except BaseException as exc:  # handed to the consumer
             put(exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
-    thread = threading.Thread(target=produce, name="mpistat-inflate", daemon=True)
+    thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
     try:
         while True:
@@ -410,7 +393,7 @@ def iter_blocks(
                 item = q.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if item is END:
+            if item is end:
                 return
             if isinstance(item, BaseException):
                 raise item
@@ -418,6 +401,36 @@ def iter_blocks(
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def _cut_blocks(pieces: Iterator[tuple[bytes, int]], block_size: int) -> Iterator[Block]:
+    pending: list[bytes] = []
+    pending_len = 0
+    done = 0
+    for piece, done in pieces:
+        pending.append(piece)
+        pending_len += len(piece)
+        if pending_len < block_size:
+            continue
+        data = b"".join(pending)
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:  # one line longer than a block: keep reading
+            pending, pending_len = [data], len(data)
+            continue
+        yield Block(data[:cut], done)
+        rest = data[cut:]
+        pending, pending_len = [rest], len(rest)
+    data = b"".join(pending)
+    if data:
+        yield Block(data if data.endswith(b"\n") else data + b"\n", done)
+
+
+def iter_blocks(
+    path: str | Path, *, block_size: int = BLOCK_SIZE, cancel: threading.Event | None = None
+) -> Iterator[Block]:
+    """Blocks of whole lines, decompressed by a background thread at most
+    :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it had none."""
+    return threaded(lambda stop: _cut_blocks(iter_text(path, stop), block_size), cancel, name="mpistat-inflate")
 
 
 def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
@@ -435,21 +448,32 @@ def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
 # -- parsing ----------------------------------------------------------------------------
 
 
-def _read_columns(data: bytes, fmt: DumpFormat) -> pl.DataFrame:
+def _read_columns(data: bytes, fmt: DumpFormat, extra: bool = False) -> pl.DataFrame:
+    names = list(fmt.names) + (["_extra"] if extra else [])
+    schema = {**fmt.schema, **({"_extra": pl.String} if extra else {})}
     return pl.read_csv(
         data,
         separator="\t",
         has_header=False,
-        new_columns=list(fmt.names),
-        schema=fmt.schema,
+        new_columns=names,
+        schema=schema,
         quote_char=None,
         ignore_errors=True,
         truncate_ragged_lines=True,
+        missing_columns="insert",
     )
 
 
 def _path_ok(fmt: DumpFormat) -> pl.Expr:
-    return pl.col("path").str.contains(_QUOTED_RE if fmt.encoding == QUOTED else _B64_RE)
+    path = pl.col("path")
+    if fmt.encoding == QUOTED:
+        return path.str.contains(_QUOTED_RE)
+    if fmt.encoding == BASE64:
+        # polars' decoder (the cheapest exact check) also refuses a last character with
+        # stray low bits, which no encoder writes: such a path counts as undecodable
+        return path.str.decode("base64", strict=False).is_not_null() & (path.str.len_bytes() > 0)
+    # valid padded base64 in the lexical alphabet (same characters): as _B64_RE, cheaper
+    return path.str.contains(r"(?-u)^[A-Za-z0-9+/]+={0,2}$") & (path.str.len_bytes() % 4 == 0)
 
 
 def _problems(fmt: DumpFormat) -> list[tuple[str, pl.Expr]]:
@@ -462,47 +486,47 @@ def _problems(fmt: DumpFormat) -> list[tuple[str, pl.Expr]]:
 
 
 class BlockParser:
-    """Parses blocks of one file into columns, accounting for malformed lines."""
+    """Parses blocks of one file into columns, accounting for malformed lines.
+
+    :meth:`read` (polars' CSV parser, in the reader's parse thread) reads one column more
+    than the format has, so a line with too many fields shows there; :meth:`finish` (in
+    the consumer) flags rows with a bad path, a non-integer or missing field, an unknown
+    type or that extra field. Only a block with flagged rows is split into lines, to
+    classify those rows exactly; a block that is not UTF-8 is checked line by line.
+    """
 
     def __init__(self, name: str, fmt: DumpFormat, bad: BadLines):
         self.name = name
         self.fmt = fmt
         self.bad = bad
         self._tabs = fmt.columns - 1
-        self._check = pl.any_horizontal([expr for _, expr in _problems(fmt)]).alias("_bad")
-        self._kinds = [expr.alias(kind) for kind, expr in _problems(fmt)]
+        problems = _problems(fmt)
+        self._check = (pl.any_horizontal([expr for _, expr in problems]) | pl.col("_extra").is_not_null()).alias("_bad")
+        self._kinds = [expr.alias(kind) for kind, expr in problems]
 
-    def parse(self, block: Block) -> pl.DataFrame:
-        """The block's good lines as columns (``fmt.names``, plus ``line``: the line number
-        of each row, only when ``with_lines`` was asked; see :meth:`parse_with_lines`)."""
-        df, _ = self._parse(block, want_lines=False)
-        return df
+    def read(self, block: Block) -> pl.DataFrame | None:
+        try:
+            return _read_columns(block.data, self.fmt, extra=True)
+        except pl.exceptions.ComputeError:  # not UTF-8 somewhere: line by line in finish()
+            return None
 
-    def parse_with_lines(self, block: Block) -> tuple[pl.DataFrame, list[bytes]]:
-        """The good rows and, for each, its raw line (without the newline)."""
-        df, lines = self._parse(block, want_lines=True)
-        return df, lines
-
-    def _parse(self, block: Block, want_lines: bool) -> tuple[pl.DataFrame, list[bytes]]:
-        data = block.data
-        n = data.count(b"\n")
-        df = None
-        if data.count(b"\t") == n * self._tabs:
-            try:
-                df = _read_columns(data, self.fmt)
-            except pl.exceptions.ComputeError:  # not UTF-8 somewhere: per line below
-                df = None
-            if df is not None and df.height != n:
-                df = None
+    def finish(self, block: Block, df: pl.DataFrame | None, want_lines: bool) -> tuple[pl.DataFrame, list[bytes], int]:
+        """``(good rows, their raw lines if wanted, lines in the block)``; bad lines are
+        recorded with their numbers (``block.first_line`` is the block's first)."""
         if df is not None:
             flags = df.select(self._check).to_series()
             if not flags.any():
-                return df, (data.split(b"\n")[:-1] if want_lines else [])
-            lines = data.split(b"\n")[:-1]
-            numbers = list(range(block.first_line, block.first_line + n))
-            return self._drop_flagged(df, flags, lines, numbers, want_lines, [])
-        # Slow path: some line has the wrong number of fields or is not UTF-8.
-        lines = data.split(b"\n")[:-1]
+                good = df.drop("_extra")
+                return good, (block.data.split(b"\n")[:-1] if want_lines else []), good.height
+            lines = block.data.split(b"\n")[:-1]
+            if len(lines) == df.height:
+                numbers = range(block.first_line, block.first_line + len(lines))
+                good, kept = self._drop_flagged(df.drop("_extra"), flags, lines, numbers, want_lines, [])
+                return good, kept, len(lines)
+        return self._line_by_line(block, want_lines)
+
+    def _line_by_line(self, block: Block, want_lines: bool) -> tuple[pl.DataFrame, list[bytes], int]:
+        lines = block.data.split(b"\n")[:-1]
         keep: list[bytes] = []
         numbers: list[int] = []
         found: list[tuple[int, str]] = []
@@ -527,13 +551,14 @@ class BlockParser:
             numbers.append(number)
         if not keep:
             self._record(found)
-            return pl.DataFrame(schema=self.fmt.schema), []
+            return pl.DataFrame(schema=self.fmt.schema), [], len(lines)
         df = _read_columns(b"\n".join(keep) + b"\n", self.fmt)
-        flags = df.select(self._check).to_series()
+        flags = df.select(pl.any_horizontal([expr for _, expr in _problems(self.fmt)])).to_series()
         if not flags.any():
             self._record(found)
-            return df, keep if want_lines else []
-        return self._drop_flagged(df, flags, keep, numbers, want_lines, found)
+            return df, keep if want_lines else [], len(lines)
+        good, kept = self._drop_flagged(df, flags, keep, numbers, want_lines, found)
+        return good, kept, len(lines)
 
     def _record(self, found: list[tuple[int, str]]) -> None:
         for number, kind in sorted(found):
@@ -543,7 +568,10 @@ class BlockParser:
         kinds = df.filter(flags).select(self._kinds)
         positions = flags.arg_true().to_list()
         for position, row in zip(positions, kinds.iter_rows(), strict=True):
-            kind = next(k for k, hit in zip(KINDS[1:], row, strict=True) if hit)
+            if lines[position].count(b"\t") != self._tabs:
+                kind = WRONG_COLUMNS
+            else:
+                kind = next(k for k, hit in zip(KINDS[1:], row, strict=True) if hit)
             found.append((numbers[position], kind))
         self._record(found)
         good = df.filter(~flags)
@@ -579,15 +607,26 @@ def scan(
     fmt: DumpFormat | None = None,
 ) -> Iterator[tuple[DumpFormat, pl.DataFrame, list[bytes]]]:
     """Every good row of ``path``, block by block: ``(format, columns, raw lines)`` (raw
-    lines only ``with_lines``). Malformed lines go to ``bad``."""
+    lines only ``with_lines``). Malformed lines go to ``bad``.
+
+    Three threads work at once: one inflates, one parses blocks into columns (polars
+    releases the GIL), and the caller's checks and grouping run here."""
     name = str(path)
     fmt = fmt or detect_format(head_lines(path), name)
     parser = BlockParser(name, fmt, bad)
     progress = FileProgress(name, compressed_size=os.path.getsize(path))
-    for block in iter_blocks(path, block_size=block_size, cancel=cancel):
-        df, lines = parser._parse(block, with_lines)
-        progress.lines = block.first_line - 1 + block.data.count(b"\n")
+
+    def parsed(stop: threading.Event):
+        for block in iter_blocks(path, block_size=block_size, cancel=stop):
+            yield block, parser.read(block)
+
+    line = 1
+    for block, df in threaded(parsed, cancel, name="mpistat-parse"):
+        block.first_line = line
+        good, lines, count = parser.finish(block, df, with_lines)
+        line += count
+        progress.lines = line - 1
         progress.compressed_done = block.compressed_done
-        yield fmt, df, lines
+        yield fmt, good, lines
         if on_block is not None:
             on_block(progress)

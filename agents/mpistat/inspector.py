@@ -19,7 +19,6 @@ the base64 decoding is columnar.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import threading
 from collections.abc import Callable
@@ -61,17 +60,36 @@ class DirectoryRow:
 
 @dataclass
 class _Root:
-    pattern: re.Pattern
+    pattern: str  # a regex on the decoded path (Python's and polars' syntax alike)
     prefix: bytes  # literal part before the first glob character
     parent_len: int  # components of the root's parent
 
 
+def glob_regex(glob: str) -> str:
+    """A shell glob as a regex on ``/``-separated paths: ``*`` and ``?`` stop at ``/``."""
+    out, i = [], 0
+    while i < len(glob):
+        c = glob[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and "]" in glob[i + 2 :]:
+            close = glob.index("]", i + 2)
+            body = glob[i + 1 : close]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body).replace("\\", "\\\\") + "]")
+            i = close
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
 def _compile_root(glob: str) -> _Root:
     glob = "/" + glob.strip("/")
-    regex = fnmatch.translate(glob).replace(r"\Z", "")  # the root may be followed by /...
     literal = re.split(r"[*?\[]", glob, maxsplit=1)[0]
-    return _Root(re.compile(("(?s:" + regex.removeprefix("(?s:") + r"(?:/|$)").encode()),
-                 literal.encode(), len(glob.strip("/").split("/")) - 1)  # fmt: skip
+    regex = "^" + glob_regex(glob) + "(?:/|$)"
+    return _Root(regex, literal.encode(), len(glob.strip("/").split("/")) - 1)
 
 
 def humanise(number: int) -> str:
@@ -82,7 +100,8 @@ def humanise(number: int) -> str:
     return str(number)
 
 
-def _decoded(df: pl.DataFrame, encoding: str) -> list[bytes] | pl.Series:
+def _decoded(df: pl.DataFrame, encoding: str) -> pl.Series:
+    """The raw paths (Binary) of a block's valid rows."""
     if encoding in (BASE64, BASE64_LEXICAL):
         col = pl.col("path")
         if encoding == BASE64_LEXICAL:
@@ -91,8 +110,24 @@ def _decoded(df: pl.DataFrame, encoding: str) -> list[bytes] | pl.Series:
     return pl.Series([decode_path(v, encoding) for v in df["path"].to_list()], dtype=pl.Binary)
 
 
+def _as_text(paths: pl.Series) -> pl.Series:
+    """Paths as text; names that are not UTF-8 get U+FFFD, as lurge decoded them."""
+    try:
+        return paths.cast(pl.String)
+    except pl.exceptions.ComputeError:
+        return pl.Series([p.decode("utf-8", "replace") for p in paths.to_list()], dtype=pl.String)
+
+
+_SUMS = ["size", "files", *CATEGORIES]
+
+
 class Inspection:
-    """Accumulates one volume's directory reports."""
+    """Accumulates one volume's directory reports, block by block, in columns.
+
+    Each block's matching rows become one row per (entry, ancestor directory) and are
+    grouped by directory; the partial tables are merged as they grow, so memory follows
+    the number of directories reported, not the number of lines read.
+    """
 
     def __init__(self, roots: list[str], depth: int, directory: GroupDirectory):
         if not roots:
@@ -100,14 +135,10 @@ class Inspection:
         self.roots = [_compile_root(r) for r in roots]
         self.depth = depth + 1
         self.directory = directory
-        self.reports: dict[str, DirectoryRow] = {}
-
-    def _row(self, key: str) -> DirectoryRow:
-        row = self.reports.get(key)
-        if row is None:
-            parts = key.split("/")
-            row = self.reports[key] = DirectoryRow(key, "/".join(parts[:2]))
-        return row
+        self._parts: list[pl.DataFrame] = []
+        self._owners: list[pl.DataFrame] = []
+        self._merged: pl.DataFrame | None = None
+        self._seq = 0
 
     def add(self, df: pl.DataFrame, encoding: str) -> None:
         if not df.height:
@@ -117,54 +148,104 @@ class Inspection:
         for root in self.roots:
             hit = paths.bin.starts_with(root.prefix)
             mask = hit if mask is None else mask | hit
+        mask = mask & df["type"].is_in(["f", "d"])
         if not mask.any():
             return
-        picked = df.select("type", "size", "nlink", "mtime", "gid").filter(mask)
-        for path, (kind, size, nlink, mtime, gid) in zip(paths.filter(mask).to_list(), picked.iter_rows(),
-                                                          strict=True):  # fmt: skip
-            if kind not in ("f", "d"):
-                continue
-            path = path.rstrip(b"/")
-            for root in self.roots:
-                if root.pattern.match(path):
-                    break
-            else:
-                continue
-            parts = path.strip(b"/").split(b"/")[root.parent_len :]
-            holder = parts if kind == "d" else parts[:-1]
-            depth = self.depth + 1 if len(parts) > 2 and parts[2].lower() == b"users" else self.depth
-            key_parts = [p.decode("utf-8", "replace") for p in holder[:depth]]
-            if not key_parts:
-                continue
-            keys = ["/".join(key_parts[:i]) for i in range(1, len(key_parts) + 1)]
-            if kind == "d":
-                for key in keys:
-                    self._row(key)
-                row = self._row(keys[-1])
-                info = self.directory.groups.get(gid)
-                row.gid = gid
-                row.group, row.pi, row.is_humgen = (info.name, info.pi, info.selected) if info else (None, None, False)
-                continue
-            if nlink == 0:
-                continue
-            share = size // nlink
-            category = next((name for name, rx in CATEGORIES.items() if rx.search(parts[-1])), None)
-            for key in keys:
-                row = self._row(key)
-                row.size += share
-                row.files += 1
-                if row.mtime is None or mtime > row.mtime:
-                    row.mtime = mtime
-                if category:
-                    row.categories[category] += share
+        rows = df.select("type", "size", "nlink", "mtime", "gid").filter(mask)
+        rows = rows.with_columns(path=_as_text(paths.filter(mask)).str.strip_chars_end("/"))
+        self._seq += 1
+        which = pl.lit(None, dtype=pl.Int64)
+        for index in reversed(range(len(self.roots))):
+            which = pl.when(pl.col("path").str.contains(self.roots[index].pattern)).then(index).otherwise(which)
+        rows = rows.with_columns(root=which)
+        for index, root in enumerate(self.roots):
+            matched = rows.filter(pl.col("root") == index)
+            if matched.height:
+                self._add_matched(matched, root)
+        if len(self._parts) >= 16:
+            self._merge()
+
+    def _add_matched(self, rows: pl.DataFrame, root: _Root) -> None:
+        rel = pl.col("path").str.strip_chars("/").str.split("/").list.slice(root.parent_len)
+        rows = (
+            rows.with_columns(rel=rel)
+            .with_columns(
+                holder=pl.when(pl.col("type") == "d")
+                .then(pl.col("rel"))
+                .otherwise(pl.col("rel").list.head(pl.col("rel").list.len() - 1)),
+                depth=pl.lit(self.depth)
+                + (
+                    (pl.col("rel").list.len() > 2)
+                    & (pl.col("rel").list.get(2, null_on_oob=True).str.to_lowercase() == "users")
+                ).cast(pl.Int64),
+            )
+            .with_columns(keyparts=pl.col("holder").list.head(pl.col("depth")))
+        )
+        rows = rows.with_columns(n=pl.col("keyparts").list.len()).filter(pl.col("n") > 0)
+        name = pl.col("rel").list.last()
+        category = pl.lit(None, dtype=pl.String)
+        for cat, rx in reversed(list(CATEGORIES.items())):
+            category = pl.when(name.str.contains(rx.pattern.decode())).then(pl.lit(cat)).otherwise(category)
+        files = rows.filter((pl.col("type") == "f") & (pl.col("nlink") > 0)).with_columns(
+            share=pl.col("size") // pl.col("nlink").cast(pl.Int64), category=category
+        )
+        dirs = rows.filter(pl.col("type") == "d")
+        levels = int(rows["n"].max())
+        pieces = []
+        for level in range(1, levels + 1):
+            key = pl.col("keyparts").list.head(level).list.join("/").alias("key")
+            at = files.filter(pl.col("n") >= level)
+            if at.height:
+                pieces.append(at.select(
+                    key, pl.col("share").alias("size"), pl.lit(1, dtype=pl.Int64).alias("files"),
+                    pl.col("mtime"),
+                    *[pl.when(pl.col("category") == cat).then(pl.col("share")).otherwise(0).alias(cat)
+                      for cat in CATEGORIES],
+                ))  # fmt: skip
+            made = dirs.filter(pl.col("n") >= level)
+            if made.height:
+                pieces.append(made.select(
+                    key, pl.lit(0, dtype=pl.Int64).alias("size"), pl.lit(0, dtype=pl.Int64).alias("files"),
+                    pl.lit(None, dtype=pl.Int64).alias("mtime"),
+                    *[pl.lit(0, dtype=pl.Int64).alias(c) for c in CATEGORIES],
+                ))  # fmt: skip
+        if pieces:
+            self._parts.append(self._group(pl.concat(pieces)))
+        if dirs.height:
+            self._owners.append(dirs.select(pl.col("keyparts").list.join("/").alias("key"), "gid",
+                                            pl.lit(self._seq).alias("seq")).unique("key", keep="last"))  # fmt: skip
+
+    @staticmethod
+    def _group(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.group_by("key").agg(*[pl.col(c).sum() for c in _SUMS], pl.col("mtime").max())
+
+    def _merge(self) -> None:
+        frames = ([self._merged] if self._merged is not None else []) + self._parts
+        if frames:
+            self._merged = self._group(pl.concat(frames))
+        self._parts = []
+        if len(self._owners) > 1:
+            self._owners = [pl.concat(self._owners).unique("key", keep="last")]
 
     def rows(self, reference_time: int) -> list[DirectoryRow]:
+        self._merge()
+        if self._merged is None:
+            return []
+        owners = {}
+        if self._owners:
+            owners = dict(self._owners[0].select("key", "gid").iter_rows())
         out = []
-        for key in sorted(self.reports):
-            row = self.reports[key]
-            if row.mtime is not None:
-                row.last_modified = round((reference_time - row.mtime) / 86400, 1)
-            out.append(row)
+        for row in self._merged.sort("key").iter_rows(named=True):
+            key = row["key"]
+            info_gid = owners.get(key)
+            info = self.directory.groups.get(info_gid) if info_gid is not None else None
+            out.append(DirectoryRow(
+                path=key, project="/".join(key.split("/")[:2]), files=row["files"], size=row["size"],
+                mtime=row["mtime"],
+                last_modified=None if row["mtime"] is None else round((reference_time - row["mtime"]) / 86400, 1),
+                gid=info_gid, group=info.name if info else None, pi=info.pi if info else None,
+                is_humgen=bool(info and info.selected), categories={c: row[c] for c in CATEGORIES},
+            ))  # fmt: skip
         return out
 
 

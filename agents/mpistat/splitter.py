@@ -49,7 +49,7 @@ try:
 except ImportError:  # pragma: no cover
     from gzip import compress as _gzip_compress
 
-FLUSH_BYTES = 64 << 20
+FLUSH_BYTES = 16 << 20
 LINES_PER_SECOND = 11000
 INSTANTIATION_OVERHEAD = 100
 EXTRA_NODES = 50
@@ -98,8 +98,9 @@ class _Writers:
         self.total = 0
 
     def add(self, name: str, lines: list[bytes]) -> None:
-        n = sum(len(line) for line in lines) + len(lines)
-        self.buffers.setdefault(name, []).extend(lines)
+        chunk = b"\n".join(lines) + b"\n"
+        n = len(chunk)
+        self.buffers.setdefault(name, []).append(chunk)
         self.sizes[name] = self.sizes.get(name, 0) + n
         self.total += n
         if self.total > FLUSH_BYTES:
@@ -113,7 +114,7 @@ class _Writers:
         self.total -= self.sizes.pop(name, 0)
         if lines:
             with open(self.directory / name, "ab") as handle:
-                handle.write(_gzip_compress(b"\n".join(lines) + b"\n"))
+                handle.write(_gzip_compress(b"".join(lines)))
 
     def close(self) -> None:
         for name in list(self.buffers):
