@@ -144,6 +144,7 @@ class SupRsyncEngine:
         self.last_error: dict[str, Any] | None = None
         self._last_tcdir_refresh = 0.0
         self._shown_copy: dict[str, Any] = {}
+        self._leftovers_removed = not hasattr(backend, "remove_leftovers")
         self._next_transfer_stats = 0.0
 
     @property
@@ -158,6 +159,8 @@ class SupRsyncEngine:
         report = IterationReport(start_time=time.time())
         self.counters["iterations"] += 1
 
+        if not self._leftovers_removed:
+            self._step(report, "cleaning up", self._remove_leftovers)
         self._step(report, "copying", self._copy_step, report)
         if s.delete_after is not None and not self.cancel.is_set():
             self._step(report, "deleting", self._delete_step, report)
@@ -185,6 +188,14 @@ class SupRsyncEngine:
         return report
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _remove_leftovers(self) -> None:
+        """Once per run, before the first copy: what a killed run of this instance left
+        (symlink trees, ssh control directories, rsync's partial files on the remote)."""
+        removed = self.backend.remove_leftovers(timeout=self.settings.copy.md5_timeout(0), cancel=self.cancel)
+        for what in removed:
+            log.info("removed what an earlier run left: %s", what)
+        self._leftovers_removed = True
 
     def _copy_step(self, report: IterationReport) -> None:
         if not self.manager.has_pending(self.settings.archive):

@@ -25,8 +25,11 @@ import threading
 from dataclasses import dataclass
 from typing import NamedTuple
 
-#: Longest remote path accepted, in UTF-8 bytes (PATH_MAX on Linux).
-MAX_REMOTE_PATH = 4096
+#: The longest remote path (bytes) that can be copied: rsync and the remote md5sum take at
+#: most 4,095 bytes relative to the base directory, with ``./`` in front.
+MAX_REMOTE_PATH = 4000
+#: The longest name of one path component (bytes), as every Linux filesystem has it.
+MAX_NAME = 255
 #: Longest archive name (the ledger's column).
 MAX_ARCHIVE_NAME = 64
 _TIMECODE_RE = re.compile(r"^\d{5}$")
@@ -69,9 +72,20 @@ def normalize_remote_path(remote_relpath: str | os.PathLike) -> str:
         raise RemotePathError(f"remote path {path!r} contains '..' and could escape the remote base directory")
     if not parts:
         raise RemotePathError(f"remote path {path!r} names the base directory itself, not a file")
+    for part in parts:
+        size = len(part.encode("utf-8", "surrogateescape"))
+        if size > MAX_NAME:
+            raise RemotePathError(
+                f"remote path component {part[:40]!r}... is {size} bytes; filesystems take names of at most "
+                f"{MAX_NAME} bytes, so it could never be copied"
+            )
     norm = "/".join(parts)
-    if len(norm.encode("utf-8", "surrogateescape")) > MAX_REMOTE_PATH:
-        raise RemotePathError(f"remote path is longer than {MAX_REMOTE_PATH} bytes")
+    size = len(norm.encode("utf-8", "surrogateescape"))
+    if size > MAX_REMOTE_PATH:
+        raise RemotePathError(
+            f"remote path is {size} bytes, longer than the {MAX_REMOTE_PATH} bytes that can be copied "
+            "(rsync and the remote tools take paths of at most 4,095 bytes)"
+        )
     return norm
 
 

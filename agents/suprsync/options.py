@@ -165,6 +165,7 @@ class SupRsyncOptions(AgentOptions):
                 compress=args.compression,
                 bwlimit=args.bwlimit,
                 chmod=args.chmod or None,
+                owner=instance_id,
             )
             settings = EngineSettings(
                 archive=args.archive_name,

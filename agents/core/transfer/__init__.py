@@ -44,11 +44,12 @@ def make_backend(
     compress: bool = False,
     bwlimit: str | None = None,
     chmod: str | None = None,
+    owner: str | None = None,
 ) -> RsyncBackend:
     """The backend an agent's arguments describe: rsync over ssh when a host is given,
     else a local directory. Malformed options raise
     :class:`~hpcsync.agents.core.ssh.SshConfigError` here, not at the first transfer."""
-    options = {"compress": compress, "bwlimit": bwlimit, "chmod": chmod}
+    options = {"compress": compress, "bwlimit": bwlimit, "chmod": chmod, "owner": owner}
     if not ssh_host:
         return LocalRsyncBackend(remote_basedir, **options)
     ssh = SshOptions(

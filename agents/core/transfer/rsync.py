@@ -33,6 +33,7 @@ that reports, NUL-separated, every path still there afterwards.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import logging
@@ -71,12 +72,31 @@ _CD_BASE = 'cd "$1" 2>/dev/null || exit 111; '
 #: $2: the checksum program (md5sum, sha1sum, sha256sum).
 _CHECKSUM_SCRIPT = _CD_BASE + 'exec xargs -0 -r "$2" --'
 #: $2: where to list (``.`` or ``./<prefix>``); prints path, size, mtime, each NUL-terminated.
-_LIST_SCRIPT = _CD_BASE + '[ -e "$2" ] || exit 0; exec find "$2" -type f -printf \'%p\\0%s\\0%T@\\0\''
+# rsync's temp dirs (.hpcsync-tmp-<owner>, at the top) hold no file of the backend's.
+_LIST_SCRIPT = (
+    _CD_BASE + '[ -e "$2" ] || exit 0; exec find "$2" -path "./.hpcsync-tmp-*" -prune -o -type f '
+    "-printf '%p\\0%s\\0%T@\\0'"
+)
 #: $2: the script xargs runs on each chunk of names (:data:`_RM_CHUNK`).
 _DELETE_SCRIPT = _CD_BASE + 'exec xargs -0 -r sh -c "$2" hpcsync-rm'
 #: Removes its arguments, then prints (NUL-terminated) each one still there.
 _RM_CHUNK = 'rm -f -- "$@"; for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; then printf "%s\\0" "$p"; fi; done; exit 0'
 _CHECKSUM_PROGRAMS = {"md5": "md5sum", "sha1": "sha1sum", "sha256": "sha256sum"}
+# From the base directory: empty (or make) the owner's temp dir; print how many files it held.
+_TEMP_DIR_SCRIPT = (
+    'cd "$1" 2>/dev/null || exit 111; n=0; if [ -d "$2" ]; then n=$(find "$2" -type f | wc -l); '
+    'rm -rf -- "$2"; fi; mkdir -m 700 -- "$2" && echo "$n"'
+)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def default_tmp_root() -> str | None:
@@ -99,9 +119,14 @@ class RsyncBackend(Backend):
         chmod: str | None = None,
         tmp_root: str | None = None,
         rsync_program: str = "rsync",
+        owner: str | None = None,
     ):
         if not basedir:
             raise ValueError("the remote base directory is empty")
+        #: who uses this backend (an agent instance): names its temporary files, so what a
+        #: killed run left behind is found and removed by the next (:meth:`remove_leftovers`)
+        self.owner = re.sub(r"[^A-Za-z0-9_.-]", "_", owner) if owner else None
+        self._temp_dir_ready = False
         self.basedir = basedir.rstrip("/") or "/"
         # A relative base dir (the remote home) must not look like an option to cd or rsync.
         self._safe_basedir = self.basedir if self.basedir.startswith("/") else "./" + self.basedir
@@ -112,6 +137,48 @@ class RsyncBackend(Backend):
         self.rsync_program = rsync_program
         # Build once: validates bwlimit/chmod at startup, not at the first batch.
         self._rsync_argv(pull=False)
+
+    # -- temporary files and what a killed run left ------------------------------------------
+
+    @property
+    def stage_prefix(self) -> str:
+        """Prefix of this process's symlink trees (``hpcsync-put-<owner>-<pid>-``)."""
+        return f"hpcsync-put-{self.owner or 'any'}-{os.getpid()}-"
+
+    @property
+    def remote_temp_dir(self) -> str | None:
+        """Where rsync writes files before renaming them into place, relative to the base
+        directory (``.hpcsync-tmp-<owner>``); None without an owner (rsync's default: next to
+        each file, where a killed transfer leaves ``.name.XXXXXX`` behind)."""
+        return f".hpcsync-tmp-{self.owner}" if self.owner else None
+
+    def remove_leftovers(self, *, timeout: float, cancel=None) -> list[str]:
+        """Remove what earlier, killed runs of this owner left: symlink trees and ssh control
+        directories of dead processes here, and rsync's partial files in the remote temp
+        directory (which is then ready for this run). Returns what was removed."""
+        removed: list[str] = []
+        if self.owner is None:
+            return removed
+        mine = re.compile(rf"^hpcsync-(?:put|ssh)-{re.escape(self.owner)}-(\d+)-")
+        for root in {self.tmp_root or tempfile.gettempdir(), tempfile.gettempdir()}:
+            try:
+                names = os.listdir(root)
+            except OSError:
+                continue
+            for name in names:
+                match = mine.match(name)
+                if match and not _pid_alive(int(match.group(1))):
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                    removed.append(os.path.join(root, name))
+        result, stderr = self._run_script("cleanup", _TEMP_DIR_SCRIPT, [self.remote_temp_dir], None, timeout, cancel)
+        if result.returncode == 0:
+            self._temp_dir_ready = True
+            left = int(result.stdout.decode().strip() or 0)
+            if left:
+                removed.append(f"{left} partial files in {self.describe()}/{self.remote_temp_dir}")
+        elif result.returncode != 111:  # 111: no base directory yet; rsync makes it
+            log.warning("could not prepare %s on %s: %s", self.remote_temp_dir, self.describe(), stderr.strip()[-200:])
+        return removed
 
     # -- what subclasses provide --------------------------------------------------------------
 
@@ -148,6 +215,8 @@ class RsyncBackend(Backend):
             extra = ["--times", "--omit-dir-times"]
         else:
             extra = ["--copy-links", "--times", "--ignore-times", "--omit-dir-times"]
+            if self._temp_dir_ready and self.remote_temp_dir:
+                extra.append(f"--temp-dir={self.remote_temp_dir}")
         return rsync_base_argv(
             compress=self.compress,
             bwlimit=self.bwlimit,
@@ -215,9 +284,9 @@ class RsyncBackend(Backend):
     def put(self, items, *, timeout, cancel=None) -> TransferOutcome:
         if not items:
             return TransferOutcome(ok=True)
-        tree = tempfile.mkdtemp(prefix="hpcsync-put-", dir=self.tmp_root)
+        tree = tempfile.mkdtemp(prefix=self.stage_prefix, dir=self.tmp_root)
+        stage = _StagingTree(tree)
         try:
-            made: set[str] = set()
             listing = []
             skipped: dict[str, str] = {}
             for item in items:
@@ -225,19 +294,14 @@ class RsyncBackend(Backend):
                 if why:
                     skipped[item.remote_path] = f"cannot send to {why}"
                     continue
-                link = os.path.join(tree, item.remote_path)
-                parent = os.path.dirname(link)
                 try:
-                    if parent not in made:
-                        os.makedirs(parent, exist_ok=True)
-                        made.add(parent)
-                    os.symlink(item.local_path, link)
+                    stage.link(item.remote_path, item.local_path)
                 except OSError as exc:
                     # e.g. "a" and "a/b" in one batch: one cannot be both a file and a dir.
                     # Only this file fails; the batch goes on.
                     skipped[item.remote_path] = f"cannot stage {item.remote_path!r} for rsync: {exc.strerror or exc}"
                     continue
-                listing.append(os.fsencode(item.remote_path))
+                listing.append(_files_from_entry(item.remote_path))
             if not listing:
                 return TransferOutcome(ok=False, error="no file of the batch could be staged", skipped=skipped)
             argv = [*self._rsync_argv(pull=False), tree + "/", self._remote_spec()]
@@ -256,6 +320,7 @@ class RsyncBackend(Backend):
                                    elapsed=result.elapsed, skipped=skipped,
                                    file_errors=self._file_errors(result.stderr, items))  # fmt: skip
         finally:
+            stage.close()
             shutil.rmtree(tree, ignore_errors=True)
 
     def get(self, items, *, timeout, cancel=None) -> TransferOutcome:
@@ -279,7 +344,7 @@ class RsyncBackend(Backend):
             log.debug("rsync of %d files from %s", len(wanted), self.describe())
             outcome = TransferOutcome(ok=True, skipped=skipped)
             rsync_errors: dict[str, str] = {}
-            names = [os.fsencode(i.remote_path) for i in wanted]
+            names = [_files_from_entry(i.remote_path) for i in wanted]
             try:
                 result = self._run_rsync(argv, names, timeout, cancel, pull=True)
             except CommandTimeout as exc:
@@ -582,7 +647,7 @@ class SshRsyncBackend(RsyncBackend):
         if self._control_path is not None:  # nested: already shared
             yield self
             return
-        sockdir = tempfile.mkdtemp(prefix="hpcsync-ssh-")
+        sockdir = tempfile.mkdtemp(prefix=f"hpcsync-ssh-{self.owner or 'any'}-{os.getpid()}-")
         control = os.path.join(sockdir, "cm")
         self._control_path = control
         try:
@@ -611,6 +676,56 @@ class SshRsyncBackend(RsyncBackend):
 
 _RSYNC_ERROR_RE = re.compile(r'^rsync: (?:\[\w+\] )?.*?"(?P<path>[^"]+)".*?(?:failed|error).*$', re.IGNORECASE)
 _FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
+
+
+class _StagingTree:
+    """The symlink tree of one put, built with directory file descriptors: every call takes
+    one path component, so a remote path of up to rsync's own limit (4,095 bytes, relative
+    to the tree) can be staged however long the temp directory's own path is."""
+
+    #: Directory descriptors kept open (most recently used); a batch of 5,000 files in as
+    #: many directories must not run out of file descriptors.
+    OPEN_DIRS = 64
+
+    def __init__(self, root: str):
+        self._root = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        self._fds: collections.OrderedDict[str, int] = collections.OrderedDict()
+
+    def _dir(self, rel: str) -> int:
+        if not rel:
+            return self._root
+        fd = self._fds.get(rel)
+        if fd is not None:
+            self._fds.move_to_end(rel)
+            return fd
+        parent, _sep, name = rel.rpartition("/")
+        parent_fd = self._dir(parent)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            pass
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent_fd)
+        self._fds[rel] = fd
+        while len(self._fds) > self.OPEN_DIRS:
+            os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def link(self, remote_path: str, target: str) -> None:
+        parts = [p for p in remote_path.split("/") if p not in ("", ".")]
+        os.symlink(target, parts[-1], dir_fd=self._dir("/".join(parts[:-1])))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        os.close(self._root)
+
+
+def _files_from_entry(path: str) -> bytes:
+    """A ``--files-from`` entry: rsync reads a line that starts with ``#`` or ``;`` as a
+    comment even with ``--from0`` (and then reports success without the file); ``./``
+    first keeps every name a name, and marks where the relative path starts."""
+    return b"./" + os.fsencode(path)
 
 
 def _rsync_error_lines(stderr: str) -> list[tuple[str, str]]:
