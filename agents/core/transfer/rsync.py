@@ -258,6 +258,9 @@ class RsyncBackend(Backend):
                 if root and path.startswith(root.rstrip("/") + "/"):
                     by_rel.setdefault(path[len(root.rstrip("/")) + 1 :], line)
                     break
+            else:
+                if not path.startswith("/"):  # already relative to the base directory
+                    by_rel.setdefault(path.removeprefix("./"), line)
         if not by_rel:
             return {}
         out: dict[str, str] = {}
@@ -661,6 +664,18 @@ class SshRsyncBackend(RsyncBackend):
                                 timeout=10, check=False)  # fmt: skip
             shutil.rmtree(sockdir, ignore_errors=True)
 
+    def _unreachable_message(self, stderr: str, fallback: str) -> str:
+        why = ssh_diagnosis(stderr)
+        if why is None:
+            # ssh logs "Timeout, server not responding" only at INFO level: a connection that
+            # dies with nothing from ssh is a host that stopped answering its keep-alives.
+            waited = self._ssh.server_alive_interval * self._ssh.server_alive_count
+            why = (
+                f"the host is not responding (the connection was lost after about {waited} s without an answer to "
+                f"ssh's keep-alives: is the host frozen or the network down?); {fallback}"
+            )
+        return f"{self.describe()} is unreachable: {why}"
+
     def _unreachable(self, returncode: int, stderr: str) -> bool:
         # ssh exits 255 on its own errors; rsync reports a dead connection as 255, or as a
         # protocol/socket error (12, 10, 35) with ssh's complaint in stderr.
@@ -675,6 +690,9 @@ class SshRsyncBackend(RsyncBackend):
 # -- output parsing ---------------------------------------------------------------------------
 
 _RSYNC_ERROR_RE = re.compile(r'^rsync: (?:\[\w+\] )?.*?"(?P<path>[^"]+)".*?(?:failed|error).*$', re.IGNORECASE)
+# A file written to the temp dir that could not be put in place: its destination is named
+# relative to the base directory (the receiver's working directory).
+_RSYNC_RENAME_RE = re.compile(r'^rsync: (?:\[\w+\] )?(?:rename|copy) "[^"]+" -> "(?P<path>[^"]+)": .+$')
 _FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
 
 
@@ -732,7 +750,7 @@ def _rsync_error_lines(stderr: str) -> list[tuple[str, str]]:
     """``(path, line)`` for each rsync error line that names a path in double quotes."""
     found = []
     for line in stderr.splitlines()[:2000]:
-        m = _RSYNC_ERROR_RE.match(line.strip())
+        m = _RSYNC_RENAME_RE.match(line.strip()) or _RSYNC_ERROR_RE.match(line.strip())
         if m:
             found.append((m.group("path"), line.strip()[:300]))
     return found
