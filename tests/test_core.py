@@ -458,6 +458,10 @@ def test_no_python_runs_between_fork_and_exec(monkeypatch):
     assert seen["args"][:3] == ["/usr/bin/setpriv", "--pdeathsig", "KILL"] and seen["args"][-1] == "hello"
     with pytest.raises(CommandError, match="cannot run no-such-program-x: No such file or directory"):
         run_command(["no-such-program-x", "a"])
+    with pytest.raises(CommandError, match="cannot run /nonexistent/sacct: No such file or directory"):
+        run_command(["/nonexistent/sacct", "a"])
+    with pytest.raises(CommandError, match="cannot run /etc: Permission denied"):
+        run_command(["/etc"])
 
 
 def test_a_command_dies_with_the_process_that_started_it(tmp_path):

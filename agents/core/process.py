@@ -70,6 +70,11 @@ def _last_line(text: str) -> str:
 def _resolve(program: str, env: Mapping[str, str] | None) -> str:
     """The program's path, looked up as exec would (``PATH`` of the child's environment)."""
     if os.sep in program:
+        # setpriv would report a missing program as its own exit 127: say it as exec would.
+        if not os.path.exists(program):
+            raise CommandError(f"cannot run {program}: No such file or directory")
+        if os.path.isdir(program) or not os.access(program, os.X_OK):
+            raise CommandError(f"cannot run {program}: Permission denied")
         return program
     found = shutil.which(program, path=(env or os.environ).get("PATH", os.defpath))
     if found is None:
