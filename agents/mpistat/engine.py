@@ -29,7 +29,7 @@ from . import history
 from .dump import INFLATE, BadLines, FileProgress
 from .errors import AlreadyDone, MpistatError
 from .inspector import inspect_dump, tsv_lines
-from .ldapdir import GroupDirectory, LdapSettings, read_directory
+from .ldapdir import GroupDirectory, LdapSettings, local_directory, read_directory
 from .ledger import MpistatLedger
 from .quota import QuotaSource
 from .report import ARCHIVE_CHECK_BELOW, GroupRow, aggregate_volume, find_archive, last_modified_days, write_tsv
@@ -115,7 +115,7 @@ class MpistatEngine:
 
     def directory(self) -> GroupDirectory:
         if self.settings.ldap is None:
-            return GroupDirectory()
+            return local_directory()
         self._progress(activity="reading LDAP groups")
         return read_directory(self.settings.ldap, self.ldap_password)
 

@@ -144,3 +144,14 @@ def _escape(value: str) -> str:
     from ldap3.utils.conv import escape_filter_chars
 
     return escape_filter_chars(value)
+
+
+def local_directory() -> GroupDirectory:
+    """Groups from this machine's group database (``getgrall``): no PI, all selected.
+    Used when no LDAP server is configured (the demo, or sites without LDAP)."""
+    import grp
+
+    directory = GroupDirectory()
+    for entry in grp.getgrall():
+        directory.groups.setdefault(entry.gr_gid, GroupInfo(entry.gr_gid, entry.gr_name, None, None, True))
+    return directory

@@ -22,6 +22,7 @@ from hpcsync.agents.core.secrets import load_secret
 from hpcsync.agents.core.skeleton import AgentOptions
 from hpcsync.db import Database
 
+from .demo import DEMO_VOLUME, make_demo_dump
 from .engine import MpistatEngine, MpistatSettings
 from .ldapdir import LdapSettings
 from .quota import QuotaSource
@@ -33,8 +34,16 @@ JOBS = ("report", "inspect", "split")
 def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--dump-dir",
-        required=True,
-        help="directory of the mpistat/wrstat dumps (YYYYMMDD_VVV.dat.gz, wrstat's names, final/)",
+        default=None,
+        help="directory of the mpistat/wrstat dumps (YYYYMMDD_VVV.dat.gz, wrstat's names, final/); "
+        "required unless --demo",
+    )
+    parser.add_argument(
+        "--demo",
+        default=None,
+        metavar="DIR",
+        help="demo: make and walk a small tree under DIR and report on today's dump of it (dumps, reports and "
+        "splits under DIR; group names from this machine's group database)",
     )
     parser.add_argument(
         "--output-dir",
@@ -186,6 +195,7 @@ def default_output_dir(instance_id: str) -> str:
 @dataclass
 class MpistatOptions(AgentOptions):
     settings: MpistatSettings
+    demo: str | None = None
     db: str | None = None
     ldap_password_file: str | None = None
     upload_url: str | None = None
@@ -205,6 +215,13 @@ class MpistatOptions(AgentOptions):
     @classmethod
     def from_args(cls, args: argparse.Namespace, **overrides) -> MpistatOptions:
         instance_id = overrides.pop("instance_id", None) or getattr(args, "instance_id", None) or "mpistat"
+        demo = getattr(args, "demo", None)
+        if demo:
+            args.dump_dir = args.dump_dir or str(Path(demo) / "dumps")
+            args.output_dir = args.output_dir or str(Path(demo) / "out")
+            args.volumes = args.volumes or DEMO_VOLUME
+        if not args.dump_dir:
+            raise ConfigError("--dump-dir is required (or --demo DIR)")
         if args.max_days_ago < 0:
             raise ConfigError(f"--max-days-ago must be 0 or more, got {args.max_days_ago}")
         if args.inspect_depth < 1:
@@ -242,7 +259,7 @@ class MpistatOptions(AgentOptions):
             "passwd_command": args.passwd_command,
             "group_command": args.group_command,
         }
-        values = dict(settings=settings, db=args.db, ldap_password_file=args.ldap_password_file,
+        values = dict(settings=settings, demo=demo, db=args.db, ldap_password_file=args.ldap_password_file,
                       upload_url=args.upload_url, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
                       s3_credentials_file=args.s3_credentials_file, interval=args.interval, run_jobs=jobs,
                       inspect_depth=args.inspect_depth, split_options=split, instance_id=instance_id)  # fmt: skip
@@ -266,6 +283,8 @@ class MpistatOptions(AgentOptions):
         return LocalRsyncBackend(self.upload_url)
 
     def build_engine(self, ctx: JobContext, database: Callable[[], Database]) -> MpistatEngine:
+        if self.demo:
+            make_demo_dump(self.demo)
         password = None
         if self.ldap_password_file:
             password = load_secret(self.ldap_password_file, what="LDAP bind password")

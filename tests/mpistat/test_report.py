@@ -159,3 +159,24 @@ def test_ldap_bind_with_a_password_file_and_unreachable_ldap(tree, tmp_path, lda
     with pytest.raises(LdapError) as info:
         engine_for(down).report(replace=True)
     assert f"127.0.0.1:{port}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_demo_report_then_refusal_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "hpcsync.agents.cli", "mpistat"]
+    common = ["--demo", str(tmp_path / "demo"), "--db", f"sqlite:///{tmp_path / 'demo.db'}"]
+    first = subprocess.run([*base, "report", *common], capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    date = dt.date.today()
+    tsv = tmp_path / "demo" / "out" / "report-output-files" / f"report-{date:%Y%m%d}.tsv"
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()[1:]]
+    assert rows and all(row[0] == "scratch999" for row in rows)
+    assert sum(int(row[3]) for row in rows) >= 200_000 + 80_000 + 12_000 + 150_000 + 1_200
+    second = subprocess.run([*base, "report", *common], capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert second.stderr.strip().count("\n") == 0 and "already stored" in second.stderr
+    bad = subprocess.run([*base, "report", "--dump-dir", str(tmp_path), "--archive-root", "nonsense"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1 and "--archive-root 'nonsense' must be VOL=PATH" in bad.stderr
