@@ -118,6 +118,16 @@ class OpenTimecodeDir:
 # -- the manager ------------------------------------------------------------------------------
 
 
+def _is_our_insert(row: Any, ours: dict[str, Any]) -> bool:
+    return (row.local_path, row.local_size, row.local_ino, row.local_ctime_ns, row.registered_at) == (
+        ours["local_path"],
+        ours["local_size"],
+        ours["local_ino"],
+        ours["local_ctime_ns"],
+        ours["registered_at"],
+    )
+
+
 class SupRsyncFilesManager:
     """Access to the SupRsync files and timecode-dir tables of one hpcsync database.
 
@@ -252,46 +262,32 @@ class SupRsyncFilesManager:
         by_hash = {r["remote_path_hash"]: r for r in rows}  # the last entry for a path wins
         t = SupRsyncFile.__table__
         with self.session() as s:
-            existing: dict[str, Any] = {}
-            for part in chunked(list(by_hash)):
-                q = select(
-                    t.c.id, t.c.remote_path_hash, t.c.local_path, t.c.local_size, t.c.local_mtime, t.c.local_ino,
-                    t.c.local_ctime_ns, t.c.status,
-                ).where(t.c.archive_name == archive, t.c.remote_path_hash.in_(part))  # fmt: skip
-                for row in s.execute(q):
-                    existing[row.remote_path_hash] = row
+            existing = self._rows_by_hash(s, archive, list(by_hash))
             new = [r for h, r in by_hash.items() if h not in existing]
-            requeue = []
-            for h, old in existing.items():
-                r = by_hash[h]
-                sig = Signature(r["local_size"], r["local_mtime"], r["local_ino"], r["local_ctime_ns"])
-                if old.local_ino is None or old.local_ctime_ns is None:
-                    # An older row without inode and ctime: it stays as it is when size and
-                    # mtime match; its unknown identity makes the copier and the deleter
-                    # hash the file again before trusting its md5.
-                    same = same_size_and_mtime(old.local_size, old.local_mtime, sig)
-                else:
-                    same = same_signature(old.local_size, old.local_mtime, old.local_ino, old.local_ctime_ns, sig)
-                unchanged = old.local_path == r["local_path"] and same
-                if unchanged:
-                    report.unchanged += 1
-                    report.ids.append(old.id)
-                    continue
-                requeue.append({"b_id": old.id, **{k: r[k] for k in ("local_path", "local_md5sum", "local_size")},
-                                "b_mtime": r["local_mtime"], "b_ino": r["local_ino"], "b_ctime": r["local_ctime_ns"],
-                                "b_deletable": r["deletable"]})  # fmt: skip
-                report.ids.append(old.id)
-            if new:
+            requeue: list[dict[str, Any]] = []
+            if new and s.get_bind().dialect.name == "sqlite":
+                # BEGIN IMMEDIATE: no other writer since we looked; every row is ours.
                 insert_ignore(s, SupRsyncFile, new)
                 report.added += len(new)
-            if new and want_ids:
-                ids = {}
-                for part in chunked([r["remote_path_hash"] for r in new]):
-                    q = select(t.c.remote_path_hash, t.c.id).where(
-                        t.c.archive_name == archive, t.c.remote_path_hash.in_(part)
-                    )
-                    ids.update(dict(s.execute(q).all()))
-                report.ids.extend(ids[r["remote_path_hash"]] for r in new)
+                if want_ids:
+                    landed = self._rows_by_hash(s, archive, [r["remote_path_hash"] for r in new])
+                    report.ids.extend(landed[r["remote_path_hash"]].id for r in new)
+            elif new:
+                insert_ignore(s, SupRsyncFile, new)
+                # Another producer may have registered some of these paths since we looked:
+                # the insert skipped them. Read them back, locked, and treat theirs as
+                # registered before ours (the last registration wins, and says so).
+                landed = self._rows_by_hash(s, archive, [r["remote_path_hash"] for r in new], lock=True)
+                for r in new:
+                    row = landed[r["remote_path_hash"]]
+                    if _is_our_insert(row, r):
+                        report.added += 1
+                        if want_ids:
+                            report.ids.append(row.id)
+                    else:
+                        self._compare(row, r, report, requeue, raced=True)
+            for h, old in existing.items():
+                self._compare(old, by_hash[h], report, requeue)
             if requeue:
                 s.execute(
                     update(t)
@@ -310,7 +306,7 @@ class SupRsyncFilesManager:
                         removed_at=None,
                         failed_copy_attempts=0,
                         last_attempt_at=None,  # a batch in flight no longer owns the row
-                        last_error="registered again with a changed local file: it will be sent again",
+                        last_error=bindparam("b_why"),
                     ),
                     requeue,
                 )
@@ -320,6 +316,46 @@ class SupRsyncFilesManager:
                 self._ensure_tcdirs(s, archive, tcs)
 
     # -- socs's query surface ----------------------------------------------------------------
+
+    @staticmethod
+    def _rows_by_hash(s: Session, archive: str, hashes: Sequence[str], *, lock: bool = False) -> dict[str, Any]:
+        t = SupRsyncFile.__table__
+        found: dict[str, Any] = {}
+        for part in chunked(hashes):
+            q = select(
+                t.c.id, t.c.remote_path_hash, t.c.local_path, t.c.local_size, t.c.local_mtime, t.c.local_ino,
+                t.c.local_ctime_ns, t.c.status, t.c.registered_at,
+            ).where(t.c.archive_name == archive, t.c.remote_path_hash.in_(part))  # fmt: skip
+            if lock:  # a locking read sees rows committed since this transaction began (MariaDB)
+                q = q.with_for_update()
+            for row in s.execute(q):
+                found[row.remote_path_hash] = row
+        return found
+
+    @staticmethod
+    def _compare(old: Any, r: dict[str, Any], report: AddReport, requeue: list, *, raced: bool = False) -> None:
+        """A path registered already: unchanged if it is the same local file as before,
+        else queued to be sent again with the new file (the last registration wins)."""
+        sig = Signature(r["local_size"], r["local_mtime"], r["local_ino"], r["local_ctime_ns"])
+        if old.local_ino is None or old.local_ctime_ns is None:
+            # An older row without inode and ctime: it stays as it is when size and
+            # mtime match; its unknown identity makes the copier and the deleter
+            # hash the file again before trusting its md5.
+            same = same_size_and_mtime(old.local_size, old.local_mtime, sig)
+        else:
+            same = same_signature(old.local_size, old.local_mtime, old.local_ino, old.local_ctime_ns, sig)
+        report.ids.append(old.id)
+        if old.local_path == r["local_path"] and same:
+            report.unchanged += 1
+            return
+        why = (
+            "registered at the same time by another producer with another local file: this registration replaced it"
+            if raced
+            else "registered again with a changed local file: it will be sent again"
+        )
+        requeue.append({"b_id": old.id, **{k: r[k] for k in ("local_path", "local_md5sum", "local_size")},
+                        "b_mtime": r["local_mtime"], "b_ino": r["local_ino"], "b_ctime": r["local_ctime_ns"],
+                        "b_deletable": r["deletable"], "b_why": why})  # fmt: skip
 
     def get_copyable_files(
         self, archive: str, max_copy_attempts: int | None = None, num_files: int | None = None
