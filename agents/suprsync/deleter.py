@@ -50,15 +50,26 @@ def delete_files(
     limit: int = DELETE_BATCH,
     cancel: threading.Event | None = None,
     now: float | None = None,
+    local_roots: tuple[str, ...] = (),
 ) -> DeleteReport:
-    """Remove up to ``limit`` local files whose verified copy is older than ``delete_after``."""
+    """Remove up to ``limit`` local files whose verified copy is older than ``delete_after``.
+
+    With ``local_roots``, a file whose directory is not under one of them (symlinks
+    resolved) is never deleted: it is kept, and the row says why (a producer registered a
+    path it should not have, e.g. ``/etc/passwd`` or ``/data/../home``)."""
     now = time.time() if now is None else now
     candidates = manager.next_deletions(archive, delete_after, limit, now=now)
     report = DeleteReport(more=len(candidates) >= limit)
+    roots = tuple(os.path.realpath(r) for r in local_roots)
     results: list[DeleteResult] = []
     for task, remote_md5 in candidates:
         if cancel is not None and cancel.is_set():
             break
+        outside = _outside(task.local_path, roots)
+        if outside:
+            log.error("%s", outside)
+            results.append(DeleteResult(task.id, "kept", error=outside))
+            continue
         result, rehashed = _delete_one(task, remote_md5, cancel)
         results.append(result)
         report.rehashed += rehashed
@@ -74,6 +85,16 @@ def delete_files(
             report.removed, report.gone, report.requeued, report.kept, report.busy, report.rehashed,
         )  # fmt: skip
     return report
+
+
+def _outside(path: str, roots: tuple[str, ...]) -> str | None:
+    """Why ``path`` must not be deleted with ``roots`` configured, or None."""
+    if not roots:
+        return None
+    where = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if any(where == root or where.startswith(root.rstrip("/") + "/") for root in roots):
+        return None
+    return f"not deleting {path!r}: it is outside the archive's local roots ({', '.join(roots)})"
 
 
 def _delete_one(task, remote_md5: str | None, cancel) -> tuple[DeleteResult, bool]:

@@ -53,6 +53,8 @@ class EngineSettings:
     instance_id: str
     delete_after: float | None = None
     copy: CopySettings | None = None
+    #: local files are deleted only under these directories (empty: anywhere registered)
+    local_roots: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.copy is None:
@@ -222,7 +224,8 @@ class SupRsyncEngine:
             report.more_work = True  # the time budget ran out with more to copy
 
     def _delete_step(self, report: IterationReport) -> None:
-        result = delete_files(self.manager, self.settings.archive, self.settings.delete_after, cancel=self.cancel)
+        result = delete_files(self.manager, self.settings.archive, self.settings.delete_after, cancel=self.cancel,
+                              local_roots=self.settings.local_roots)  # fmt: skip
         self.counters["deletions"] += result.removed + result.gone
         self.counters["requeued_changed"] += result.requeued
         if result.more:

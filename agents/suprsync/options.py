@@ -73,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         "copy is deleted. Default: never delete.",
     )
     parser.add_argument(
+        "--local-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="Delete local files only under this directory (repeat for several); a file registered elsewhere is "
+        "kept and named. Default: no restriction (as socs).",
+    )
+    parser.add_argument(
         "--max-copy-attempts",
         type=int,
         default=DEFAULT_MAX_COPY_ATTEMPTS,
@@ -172,6 +180,7 @@ class SupRsyncOptions(AgentOptions):
                 file_root=args.suprsync_file_root,
                 instance_id=instance_id,
                 delete_after=args.delete_local_after,
+                local_roots=tuple(getattr(args, "local_root", None) or ()),
                 copy=CopySettings(
                     args.archive_name,
                     max_copy_attempts=args.max_copy_attempts,
@@ -214,9 +223,13 @@ class SupRsyncOptions(AgentOptions):
         )
 
     def warnings(self) -> list[str]:
+        found = []
         if self.ssh_host and self.host_key_checking == "off":
-            return ["ssh host key checking is off: only for test rigs"]
-        return []
+            found.append("ssh host key checking is off: only for test rigs")
+        if self.settings.delete_after is not None and not self.settings.local_roots:
+            found.append("--delete-local-after deletes verified files wherever they were registered; "
+                         "--local-root DIR limits it to the archive's own directories")  # fmt: skip
+        return found
 
 
 def parse_ids(ids) -> list[int] | None:

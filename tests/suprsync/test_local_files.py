@@ -120,3 +120,30 @@ def test_a_file_last_changed_long_before_its_hash_is_trusted_and_not_read_again(
     make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
     report = delete_files(ledger, ARCHIVE, 0, now=time.time() + 1)
     assert (report.removed, report.rehashed) == (1, 0)
+
+
+def test_the_deleter_never_leaves_the_archives_local_roots(ledger, tmp_path):
+    """A producer that registered /etc/passwd (or a path that climbs out with '..' or
+    through a symlinked directory) must not have the agent delete it."""
+    root = tmp_path / "data"
+    elsewhere = tmp_path / "home"
+    inside = write(root / "obs" / "a.g3", "mine")
+    outside = write(elsewhere / "thesis.tex", "not the archive's")
+    climbing = write(elsewhere / "notes.txt", "not the archive's either")
+    (root / "link").symlink_to(elsewhere)
+    through_link = elsewhere / "draft.tex"
+    write(through_link, "reached through a symlink")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    tc = tc_now()
+    ledger.add_files([(str(inside), f"{tc}/a.g3"), (str(outside), f"{tc}/thesis.tex"),
+                      (str(root / ".." / "home" / "notes.txt"), f"{tc}/notes.txt"),
+                      (str(root / "link" / "draft.tex"), f"{tc}/draft.tex")], ARCHIVE)  # fmt: skip
+    make_engine(ledger, LocalRsyncBackend(str(dst)), tmp_path).iterate()
+    assert status_of(ledger)["copied"] == 4
+    report = delete_files(ledger, ARCHIVE, 0, now=time.time() + 1, local_roots=(str(root),))
+    assert (report.removed, report.kept) == (1, 3)
+    assert not inside.exists() and outside.exists() and climbing.exists() and through_link.exists()
+    kept = ledger.list_files(ARCHIVE, ("copied",), limit=10)
+    assert all("outside the archive's local roots" in r.last_error for r in kept) and len(kept) == 3
+    assert delete_files(ledger, ARCHIVE, 0, now=time.time() + 1, local_roots=(str(root),)).kept == 0  # not retried
