@@ -37,8 +37,6 @@ from pathlib import Path
 
 import polars as pl
 
-from .errors import DumpError
-
 try:  # python-isal: the same API as zlib, 2-3x faster inflate
     from isal import isal_zlib as _zlib
 
@@ -144,6 +142,11 @@ class BadLines:
             **{kind.replace(" ", "_").replace("-", "_"): n for kind, n in self.counts.items()},
             "first": [f"{Path(f).name}:{n}: {kind}" for f, n, kind in self.first],
         }
+
+
+class DumpError(OSError):
+    """A dump cannot be read at all: missing, not gzip, truncated, or no line in a known
+    format (an OSError, like gzip's ``BadGzipFile``; the message names the file)."""
 
 
 # -- paths ------------------------------------------------------------------------------

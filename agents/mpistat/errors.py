@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from hpcsync.agents.core.errors import ConfigError
 
+from .dump import DumpError  # an OSError, so the reader needs no import of the agent core
+
+__all__ = ["AlreadyDone", "DumpError", "LdapError", "MpistatError"]
+
 
 class MpistatError(ConfigError):
     """Bad input for a MpistatReporter job: the message names the file, option or service."""
-
-
-class DumpError(MpistatError):
-    """A dump cannot be read at all (missing, not gzip, no line in any known format)."""
 
 
 class LdapError(MpistatError):

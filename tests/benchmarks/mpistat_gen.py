@@ -63,9 +63,14 @@ def chunk(rng: np.random.Generator, start: int, n: int) -> pl.DataFrame:
     )
 
 
-def generate(out: Path, lines: int, seed: int = 12, bad: int = 0) -> Path:
+BAD_KINDS = ("wrong column count", "wrong column count", "undecodable path", "non-integer numeric field")
+
+
+def generate(out: Path, lines: int, seed: int = 12, bad: int = 0) -> dict[int, str]:
+    """Write the dump; return ``{line number: kind}`` of the malformed lines put in it."""
     rng = np.random.default_rng(seed)
     bad_at = set(rng.choice(lines, size=bad, replace=False).tolist()) if bad else set()
+    truth: dict[int, str] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as handle:
@@ -75,16 +80,13 @@ def generate(out: Path, lines: int, seed: int = 12, bad: int = 0) -> Path:
             if bad_at:
                 rows = text.split("\n")
                 for i in sorted(b - start for b in bad_at if start <= b < start + n):
-                    rows[i] = [
-                        "short\tline",
-                        "",
-                        "!!!!\t1\t2\t3\t4\t5\t6\tf\t7\t1\t9",
-                        rows[i].replace("\t", "\tx", 1),
-                    ][i % 4]
+                    broken = ["short\tline", "", "!!!!\t1\t2\t3\t4\t5\t6\tf\t7\t1\t9", rows[i].replace("\t", "\tx", 1)]
+                    rows[i] = broken[i % 4]
+                    truth[start + i + 1] = BAD_KINDS[i % 4]
                 text = "\n".join(rows)
             handle.write(gzip_compress(text.encode(), 3))
     tmp.replace(out)
-    return out
+    return truth
 
 
 def main() -> None:
@@ -99,7 +101,8 @@ def main() -> None:
     size = args.out.stat().st_size
     print(f"wrote {args.lines:,} lines to {args.out} ({size / 2**20:.0f} MiB) in {time.monotonic() - started:.1f} s")
     with gzip.open(args.out, "rt") as f:
-        print("first line:", f.readline().rstrip())
+        first = f.readline().rstrip()
+    print("first line:", first)
 
 
 if __name__ == "__main__":
