@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsync.agents.core.process import CommandCancelled
-from hpcsync.agents.core.transfer import Backend, Item, RemoteUnreachable, TransferOutcome
+from hpcsync.agents.core.transfer import Backend, DestinationFull, Item, RemoteUnreachable, TransferOutcome
 
 from .files import (
     CopyResult,
@@ -158,6 +158,8 @@ class _Sent:
     results: list[CopyResult]
     sendable: list
     put: Any = None
+    #: the destination filled up during the transfer: what arrived is checked and recorded
+    full: str | None = None
 
 
 class Copier:
@@ -271,6 +273,10 @@ class Copier:
             sent.put = self.backend.put(items, timeout=self.settings.put_timeout(nbytes), cancel=self.cancel)
         except CommandCancelled:
             report.stopped = True
+        except DestinationFull as exc:  # some files may have arrived whole before it filled up
+            report.unreachable = True
+            report.error = sent.full = str(exc)
+            sent.put = TransferOutcome(ok=False, error=str(exc))
         except RemoteUnreachable as exc:
             report.unreachable = True
             report.error = str(exc)
@@ -280,9 +286,20 @@ class Copier:
     def _check(self, sent: _Sent) -> BatchReport:
         report = sent.report
         results = list(sent.results)
-        if sent.sendable and sent.put is not None and not report.stopped and not report.unreachable:
+        checkable = not report.unreachable or sent.full is not None
+        if sent.sendable and sent.put is not None and not report.stopped and checkable:
             try:
-                results += self._verify(sent.sendable, sent.put, report)
+                checked = self._verify(sent.sendable, sent.put, report)
+                if sent.full is not None:
+                    # The destination's fault, not the files': what arrived whole counts as
+                    # copied (not sent again); the rest stays pending with no attempt counted.
+                    not_copied = f"not copied: {sent.full}"
+                    checked = [
+                        r if r.outcome in ("verified", "changed") else CopyResult(r.id, "deferred", error=not_copied)
+                        for r in checked
+                    ]
+                    report.error = sent.full
+                results += checked
             except CommandCancelled:
                 report.stopped = True
             except RemoteUnreachable as exc:

@@ -209,8 +209,9 @@ class SupRsyncEngine:
             self.counters["copies"] += batch.verified
             self.counters["bytes_copied"] += batch.bytes
             self.counters["failed_copies"] += batch.failed + batch.missing
-            # Local files that could not be looked at (stale NFS handle, EIO): still pending.
-            self.counters["errors_local"] += batch.deferred
+            if not batch.unreachable:
+                # Local files that could not be looked at (stale NFS handle, EIO): still pending.
+                self.counters["errors_local"] += batch.deferred
             if batch.unreachable:
                 report.unreachable = True
                 self.counters["errors_unreachable"] += 1

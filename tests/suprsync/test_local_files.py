@@ -147,3 +147,46 @@ def test_the_deleter_never_leaves_the_archives_local_roots(ledger, tmp_path):
     kept = ledger.list_files(ARCHIVE, ("copied",), limit=10)
     assert all("outside the archive's local roots" in r.last_error for r in kept) and len(kept) == 3
     assert delete_files(ledger, ARCHIVE, 0, now=time.time() + 1, local_roots=(str(root),)).kept == 0  # not retried
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A real 8 MiB filesystem (ext2 on a loop device) to fill up."""
+    image, mountpoint = tmp_path / "small.img", tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["truncate", "-s", "8M", str(image)], check=True)
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-m", "0", str(image)], check=True, capture_output=True)
+    mounted = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True)
+    assert mounted.returncode == 0, f"cannot mount a loop filesystem: {mounted.stderr}"
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def test_files_that_arrived_before_the_destination_filled_up_are_recorded_and_not_sent_again(
+    ledger, src, tmp_path, small_fs
+):
+    """rsync stops at ENOSPC; the files it had put in place are whole and verified: they
+    are copied, the rest stays pending with no attempt, and once there is room again only
+    those are sent."""
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * 5_500_000)  # someone else's data: about three files still fit
+    tc = tc_now()
+    entries = [(str(write(src / f"f{i:02d}", os.urandom(600_000))), f"{tc}/f{i:02d}") for i in range(10)]
+    ledger.add_files(entries, ARCHIVE)
+    engine = make_engine(ledger, LocalRsyncBackend(str(small_fs)), tmp_path, max_copy_attempts=1)
+    report = engine.iterate()
+    assert not report.ok and report.unreachable and "No space left on device" in engine.last_error["message"]
+    states = status_of(ledger)
+    assert 0 < states["copied"] < 10 and states["copied"] + states["pending"] == 10 and states["failed"] == 0
+    copied = {r.remote_path for r in ledger.list_files(ARCHIVE, ("copied",), limit=20)}
+    local_of = {remote: local for local, remote in entries}
+    assert all(md5(small_fs / r) == md5(local_of[r]) for r in copied)
+    first_copies = {r: os.stat(small_fs / r).st_ino for r in copied}
+
+    filler.unlink()  # the operator makes room
+    assert engine.iterate().ok
+    assert status_of(ledger)["copied"] == 10
+    assert all(md5(small_fs / r) == md5(local) for local, r in entries)
+    assert {r: os.stat(small_fs / r).st_ino for r in copied} == first_copies  # not sent again

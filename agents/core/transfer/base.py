@@ -56,6 +56,11 @@ class DestinationError(RemoteUnreachable):
     callers count no attempt and try again later."""
 
 
+class DestinationFull(DestinationError):
+    """The destination ran out of space or quota during a transfer: files sent before it
+    filled up may have arrived whole (check them), the others did not."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One file to move: ``local_path`` <-> ``<basedir>/<remote_path>``.

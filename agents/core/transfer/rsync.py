@@ -52,6 +52,7 @@ from .base import (
     CHECKSUM_KINDS,
     Backend,
     DestinationError,
+    DestinationFull,
     Entry,
     Item,
     RemoteUnreachable,
@@ -239,9 +240,9 @@ class RsyncBackend(Backend):
                 raise RemoteUnreachable(self._unreachable_message(result.stderr, result.describe()))
             full = _destination_full(result.stderr)
             if full and pull:
-                raise DestinationError(f"the local disk cannot take files from {self.describe()}: {full}")
+                raise DestinationFull(f"the local disk cannot take files from {self.describe()}: {full}")
             if full:
-                raise DestinationError(f"the destination {self.describe()} cannot take files: {full}")
+                raise DestinationFull(f"the destination {self.describe()} cannot take files: {full}")
         return result
 
     def _file_errors(self, stderr: str, items: Sequence[Item]) -> dict[str, str]:
