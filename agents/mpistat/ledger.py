@@ -202,26 +202,37 @@ class MpistatLedger:
             return row.set_id
 
     def add_directories(self, set_id: int, volume: str, directories: list) -> None:
-        """Write directories (``inspector.DirectoryRow``) into a building set, in batches."""
+        """Write directories (``inspector.DirectoryRow``) into a building set, a batch per
+        transaction: one multi-row insert for the directories, one for their sizes."""
         for part in chunked(directories, DIRECTORY_BATCH):
             with self.db.session() as s:
                 vid = volume_ids(s, [volume])[volume]
                 pids = pi_ids(s, (d.pi for d in part))
                 gids = group_ids(s, {d.group: (d.gid, d.is_humgen) for d in part if d.group})
                 types = filetype_ids(s)
-                for d in part:
-                    row = MpistatDirectory(
-                        set_id=set_id, project_name=d.project, directory_path=d.path, num_files=d.files,
-                        size=d.size, last_modified=d.last_modified, pi_id=pids.get(d.pi) if d.pi else None,
-                        group_id=gids.get(d.group) if d.group else None, volume_id=vid,
-                    )  # fmt: skip
-                    s.add(row)
-                    s.flush()
+                before = s.execute(
+                    select(func.coalesce(func.max(MpistatDirectory.directory_id), 0)).where(
+                        MpistatDirectory.set_id == set_id
+                    )
+                ).scalar_one()
+                s.execute(
+                    MpistatDirectory.__table__.insert(),
+                    [{"set_id": set_id, "project_name": d.project, "directory_path": d.path, "num_files": d.files,
+                      "size": d.size, "last_modified": d.last_modified, "pi_id": pids.get(d.pi) if d.pi else None,
+                      "group_id": gids.get(d.group) if d.group else None, "volume_id": vid} for d in part],
+                )  # fmt: skip
+                ids = dict(
                     s.execute(
-                        MpistatFileSize.__table__.insert(),
-                        [{"directory_id": row.directory_id, "filetype_id": types[name], "size": size}
-                         for name, size in d.categories.items()],
-                    )  # fmt: skip
+                        select(MpistatDirectory.directory_path, MpistatDirectory.directory_id).where(
+                            MpistatDirectory.set_id == set_id, MpistatDirectory.directory_id > before
+                        )
+                    ).all()
+                )
+                s.execute(
+                    MpistatFileSize.__table__.insert(),
+                    [{"directory_id": ids[d.path], "filetype_id": types[name], "size": size}
+                     for d in part for name, size in d.categories.items()],
+                )  # fmt: skip
 
     def publish_set(self, set_id: int) -> None:
         """Make ``set_id`` its volume's current set and retire the previous one, at once."""

@@ -27,12 +27,12 @@ CATEGORY = [("BAM", r"\.bam(\.gz)?$"), ("CRAM", r"\.cram(\.gz)?$"), ("VCF", r"\.
             ("FASTQ", r"\.(fastq|fq)(\.gz)?$")]  # fmt: skip
 
 
-def make_engine(tmp_path, ldap, *extra):
+def make_engine(tmp_path, ldap, *extra, db_url=None):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args([
         "--dump-dir", str(tmp_path / "dumps"), "--output-dir", str(tmp_path / "out"), "--volumes", VOLUME,
-        "--db", f"sqlite:///{tmp_path / 'm.db'}", "--ldap-url", ldap.url, "--ldap-group-base", GROUP_BASE,
+        "--db", db_url or f"sqlite:///{tmp_path / 'm.db'}", "--ldap-url", ldap.url, "--ldap-group-base", GROUP_BASE,
         "--ldap-people-base", PEOPLE_BASE, "--passwd-command", "getent passwd root",
         "--group-command", "getent group root", *extra,
     ])  # fmt: skip
@@ -79,13 +79,13 @@ def expected_inspection(entries, top, depth):
     return reports
 
 
-def test_inspection_matches_a_plain_loop_and_replaces_the_db_set_atomically(tree, tmp_path, ldap_groups,
+def test_inspection_matches_a_plain_loop_and_replaces_the_db_set_atomically(tree, tmp_path, ldap_groups, db_url,
                                                                              monkeypatch):  # fmt: skip
     top, entries = tree
     date = dt.date.fromtimestamp(NOW)
     write_dump(entries, "wrstat-5.1", tmp_path / "dumps" / f"{date:%Y%m%d}_999.dat.gz", mtime=NOW)
     roots = ["--inspect-root", f"{VOLUME}={top}/teams", "--inspect-root", f"{VOLUME}={str(top)[:-1]}[0-9]/projects"]
-    engine = make_engine(tmp_path, ldap_groups, *roots)
+    engine = make_engine(tmp_path, ldap_groups, *roots, db_url=db_url)
     outcome = engine.inspect(generic=True)
     assert outcome.ok, outcome.message()
     expected = expected_inspection(entries, top, 2)
@@ -115,16 +115,17 @@ def test_inspection_matches_a_plain_loop_and_replaces_the_db_set_atomically(tree
 
     monkeypatch.setattr(MpistatLedger, "add_directories", dies)
     with pytest.raises(OSError, match="disk full"):
-        make_engine(tmp_path, ldap_groups, *roots).inspect()
+        make_engine(tmp_path, ldap_groups, *roots, db_url=db_url).inspect()
     assert ledger.sets(VOLUME) == first_sets
     assert {d["path"] for d in ledger.current_directories(VOLUME)} == set(expected)
     monkeypatch.setattr(MpistatLedger, "add_directories", real)
 
-    again = make_engine(tmp_path, ldap_groups, *roots, "--inspect-depth", "1").inspect()
+    again = make_engine(tmp_path, ldap_groups, *roots, "--inspect-depth", "1", db_url=db_url).inspect()
     assert again.ok
     sets = ledger.sets(VOLUME)
     assert len(sets) == 1 and sets[0][1] == "current" and sets[0][0] != first_sets[0][0]
     assert {d["path"] for d in ledger.current_directories(VOLUME)} == set(expected_inspection(entries, top, 1))
+    ledger.db.dispose()
 
 
 def raw_lines(path) -> list[bytes]:
