@@ -37,6 +37,8 @@ from .sets import DumpSet, find_set
 from .splitter import finish_split, split_dumps, start_split, write_index
 
 ProgressCallback = Callable[..., None]
+#: Most usage plots one report writes (for the groups at warning level 2 or 3).
+MAX_PLOTS = 200
 
 
 @dataclass
@@ -165,6 +167,7 @@ class MpistatEngine:
         tsv_path = Path(self.settings.output_dir) / "report-output-files" / f"report-{dumps.stamp}.tsv"
         if tsv:
             write_tsv(tsv_path, rows)
+        plots = self._warning_plots(rows, dumps.stamp)
         elapsed = time.monotonic() - started
         data = {
             "date": dumps.date.isoformat(),
@@ -177,6 +180,7 @@ class MpistatEngine:
             "malformed": bad.summary(),
             "tsv": str(tsv_path) if tsv else None,
             "warnings": {str(level): sum(r.warning == level for r in rows) for level in (1, 2, 3)},
+            "plots": len(plots),
             "elapsed_s": round(elapsed, 2),
             "inflate": INFLATE,
         }
@@ -185,6 +189,18 @@ class MpistatEngine:
         feed = {"lines_read": lines + bad.total, "lines_per_s": data["lines_per_s"], "malformed": bad.total,
                 "groups": len(rows)}  # fmt: skip
         return JobOutcome(True, text, data, degraded=bad.total > 0, feeds=[("mpistat_stats", "report", feed)])
+
+    def _warning_plots(self, rows: list[GroupRow], stamp: str) -> list[str]:
+        """An SVG of usage against quota for each group at warning level 2 or 3 (at most
+        :data:`MAX_PLOTS`, the most urgent first): ``plots/YYYYMMDD/<volume>/<group>.svg``."""
+        urgent = sorted((r for r in rows if (r.warning or 1) >= 2), key=lambda r: (-r.warning, r.volume, r.group))
+        written = []
+        for row in urgent[:MAX_PLOTS]:
+            points = [(p.date, p.used, p.quota) for p in self.ledger.history(row.group, row.volume)]
+            target = Path(self.settings.output_dir) / "plots" / stamp / row.volume / f"{row.group}.svg"
+            write_text_atomic(target, history.plot_svg(row.group, row.volume, points))
+            written.append(str(target))
+        return written
 
     def _group_rows(self, usages, directory: GroupDirectory, date: dt.date) -> tuple[list[GroupRow], int]:
         rows: list[GroupRow] = []

@@ -223,3 +223,18 @@ def check_split_selected(directory, dump_path, entries):
             assert not (directory / f"{name}.dat.gz").exists()
     assert len(entries) == len(lines) and FORMATS["wrstat-6.4"][1] == 12
     return sorted(p.name for p in directory.iterdir())
+
+
+def test_split_by_id_names_files_by_gid(tree, tmp_path, ldap_groups):
+    _, entries = tree
+    date = dt.date.fromtimestamp(NOW)
+    dump_path = write_dump(entries, "wrstat-5.1", tmp_path / "dumps" / f"{date:%Y%m%d}_999.dat.gz", mtime=NOW)
+    outcome = make_engine(tmp_path, ldap_groups, "--split-by-id").split(upload=False)
+    assert outcome.ok and outcome.summary()["uploaded"] == 0
+    built = tmp_path / "out" / "groups" / f"{date:%Y%m%d}"
+    lines = raw_lines(dump_path)
+    for gid, (_, _, _, selected) in GROUPS.items():
+        mine = [line for line in lines if int(line.split(b"\t")[3]) == gid]
+        assert (raw_lines(built / f"{gid}.dat.gz") == mine) if selected else not (built / f"{gid}.dat.gz").exists()
+    index = [line.split("\t")[0] for line in (built / "index.txt").read_text().splitlines()[1:]]
+    assert sorted(index) == ["alpha", "beta"]  # lurge's index names groups, whatever the file names

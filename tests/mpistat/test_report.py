@@ -104,32 +104,43 @@ def test_report_matches_a_plain_loop_and_is_stored_once(tree, tmp_path, ldap_set
     engine.ledger.db.dispose()
 
 
-def test_history_predicts_the_fill_date_and_plots(tmp_path, ldap_settings):
+def test_history_predicts_the_fill_date_warns_and_plots(tmp_path, ldap_settings):
     top = build_tree(tmp_path / "tree", NOW)
     db_url = f"sqlite:///{tmp_path / 'h.db'}"
     today = dt.date.fromtimestamp(NOW)
     opts = options(tmp_path, ldap_settings, db_url, "--max-days-ago", "40")
-    # three reports 10 days apart, the tree growing by a 400 KiB file each time
+    # three reports 10 days apart, alpha's tree growing by a 600 KiB file each time
     grow = top / "teams" / "alpha" / "data"
+    outcomes = []
     for step, days_ago in enumerate((20, 10, 0)):
         day = today - dt.timedelta(days=days_ago)
         extra = grow / f"grow{step}.bin"
-        extra.write_bytes(b"g" * 400 * 1024)
+        extra.write_bytes(b"g" * 600 * 1024)
         os.chown(extra, 0, 5001)
         write_dump(walk(top), "mpistat", tmp_path / "dumps" / f"{day:%Y%m%d}_999.dat.gz", mtime=NOW)
-        assert engine_for(opts).report(date=day).ok
+        outcomes.append(engine_for(opts).report(date=day))
+        assert outcomes[-1].ok
     plot = tmp_path / "alpha.svg"
     outcome = engine_for(opts).history("alpha", VOLUME, str(plot))
     vol = outcome.summary()["volumes"][VOLUME]
     used = [p["used"] for p in vol["points"]]
     assert [p["date"] for p in vol["points"]] == [(today - dt.timedelta(days=d)).isoformat() for d in (20, 10, 0)]
-    assert used[1] - used[0] == used[2] - used[1] == 400 * 1024
-    # a straight line: 40 KiB/day; quota 2048 KiB
-    days_left = -(-(2048 * 1024 - used[2]) // (40 * 1024))
+    assert used[1] - used[0] == used[2] - used[1] == 600 * 1024
+    # a straight line: 60 KiB/day towards a 2048 KiB quota
+    quota = 2048 * 1024
+    days_left = -(-(quota - used[2]) // (60 * 1024))
     assert vol["date_no_space"] == (today + dt.timedelta(days=days_left)).isoformat()
+    # lurge's levels: 3 if in 3 days > 80 % or in 7 days > 95 %; 2 if in 7 days > 85 %
+    in3, in7 = used[2] + 3 * 60 * 1024, used[2] + 7 * 60 * 1024
+    level = 3 if in3 > 0.8 * quota or in7 > 0.95 * quota else 2 if in7 > 0.85 * quota else 1
+    assert level == 3 and vol["warning"] == 3
+    assert {r["group"]: r["warning"] for r in engine_for(opts).ledger.report_rows(today)}["alpha"] == 3
     svg = plot.read_text()
     assert svg.startswith("<svg") and 'class="usage"' in svg and 'class="quota"' in svg
     assert f"full on {vol['date_no_space']}" in svg
+    # the report of the day wrote the same plot for the group at level 3
+    assert outcomes[-1].summary()["plots"] >= 1
+    assert (tmp_path / "out" / "plots" / f"{today:%Y%m%d}" / VOLUME / "alpha.svg").read_text() == svg
 
 
 def test_ldap_bind_with_a_password_file_and_unreachable_ldap(tree, tmp_path, ldap_settings, slapd):
