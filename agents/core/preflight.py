@@ -13,15 +13,13 @@ the demo has), and each one made is reported.
 
 The generic checks (:func:`database`, :func:`directory`, :func:`readable_file`,
 :func:`secret`, :func:`reachable`, :func:`destination`) return a problem (a string) or
-None; the per-agent lists (:data:`PREFLIGHTS`) say which of them apply to whose options.
+None; each agent's options choose which apply to them (``AgentOptions.preflight``).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -214,52 +212,7 @@ def destination(backend: Any, key: str) -> str | None:
     return None
 
 
-# -- per agent ---------------------------------------------------------------------------
-
-
-def _suprsync(options: Any, args: argparse.Namespace, flight: Preflight, where: str) -> None:
-    database(options.db, "--db-path", flight, where)
-    directory(options.settings.file_root, "--suprsync-file-root", flight, where)
-    if not options.ssh_host:
-        directory(args.remote_basedir, "--remote-basedir", flight, where)
-        return
-    flight.add(where, readable_file(args.ssh_key, "--ssh-key"))
-    flight.add(where, readable_file(args.ssh_known_hosts, "--ssh-known-hosts"))
-    if not flight.problems:
-        flight.add(where, destination(options.backend, f"--ssh-host {options.ssh_host}"))
-
-
-def _slurmsync(options: Any, args: argparse.Namespace, flight: Preflight, where: str) -> None:
-    database(options.db, "--db", flight, where)
-    flight.add(where, secret(options.token_file, "--token-file"))
-    flight.add(where, readable_file(options.profile_file, "--profile-file"))
-    flight.add(where, readable_file(options.price_file, "--price-file"))
-    if getattr(args, "sync_log_dir", None):
-        directory(args.sync_log_dir, "--sync-log-dir", flight, where)
-    if not options.sacct_file:
-        for key, program in (("--sacct", options.sacct), ("--sacctmgr", options.sacctmgr)):
-            if not shutil.which(program):
-                flight.add(where, f"{key} {program}: no such program on PATH")
-    try:
-        from hpcsync.agents.slurmsync.profiles import select_profile
-
-        url = options.api_url or select_profile(options.target, options.profile_file).base_url
-    except Exception as exc:  # a bad profile is the agent's own error
-        flight.add(where, f"--target {options.target}: {exc}")
-        return
-    flight.add(where, reachable(url, "--api-url" if options.api_url else f"API of target {options.target}"))
-
-
-def _generic(options: Any, args: argparse.Namespace, flight: Preflight, where: str) -> None:
-    if hasattr(options, "db"):
-        database(options.db, "--db", flight, where)
-
-
-#: agent class -> its preflight (agents not listed get the generic one: their database).
-PREFLIGHTS: dict[str, Callable[[Any, argparse.Namespace, Preflight, str], None]] = {
-    "SupRsync": _suprsync,
-    "SlurmSync": _slurmsync,
-}
+# -- per agent: each agent's options say what to check (AgentOptions.preflight) ---------
 
 
 def options_class(agent_class: str) -> type | None:
@@ -335,4 +288,4 @@ def _check_instance(site: SiteConfig, inst: Any, local: bool, flight: Preflight)
         flight.add(where, str(exc))
         return
     if local:
-        PREFLIGHTS.get(inst.agent_class, _generic)(options, args, flight, where)
+        options.preflight(args, flight, where)

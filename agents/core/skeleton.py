@@ -133,6 +133,14 @@ class AgentOptions:
     def open_database(self) -> Database:
         return open_database(self.db or default_url())
 
+    def preflight(self, args: argparse.Namespace, flight: Any, where: str) -> None:
+        """What ``hpcsync check`` (and ``up``) verify before this instance starts: add each
+        problem, one line naming the option, with ``flight.add(where, problem)``. The checks
+        are in :mod:`~hpcsync.agents.core.preflight`. Default: the database."""
+        from . import preflight
+
+        preflight.database(self.db, "--db", flight, where)
+
     def warnings(self) -> list[str]:
         """Settings an operator should hear about when the agent starts (e.g. checks off)."""
         return []

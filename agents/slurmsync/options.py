@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from hpcsync.agents.core import preflight
 from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.jobs import JobContext
 from hpcsync.agents.core.secrets import load_secret
@@ -155,6 +157,24 @@ class SlurmSyncOptions(AgentOptions):
             agent_class="SlurmSync",
             instance_id=self.instance_id,
         )
+
+    def preflight(self, args: argparse.Namespace, flight, where: str) -> None:
+        preflight.database(self.db, "--db", flight, where)
+        flight.add(where, preflight.secret(self.token_file, "--token-file"))
+        flight.add(where, preflight.readable_file(self.profile_file, "--profile-file"))
+        flight.add(where, preflight.readable_file(self.price_file, "--price-file"))
+        if getattr(args, "sync_log_dir", None):
+            preflight.directory(args.sync_log_dir, "--sync-log-dir", flight, where)
+        if not self.sacct_file:
+            for key, program in (("--sacct", self.sacct), ("--sacctmgr", self.sacctmgr)):
+                if not shutil.which(program):
+                    flight.add(where, f"{key} {program}: no such program on PATH")
+        try:
+            url = self.api_url or select_profile(self.target, self.profile_file).base_url
+        except ConfigError as exc:
+            flight.add(where, f"--target {self.target}: {exc}")
+            return
+        flight.add(where, preflight.reachable(url, "--api-url" if self.api_url else f"API of target {self.target}"))
 
     def window(self, params: dict) -> dict[str, datetime | None]:
         """An op's ``start``/``end`` parameters as times (cluster time zone unless an offset is given)."""

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hpcsync.agents.core import preflight
 from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.jobs import JobContext
 from hpcsync.agents.core.skeleton import AgentOptions
@@ -221,6 +222,17 @@ class SupRsyncOptions(AgentOptions):
             cancel=ctx.cancel,
             on_activity=lambda activity: ctx.progress(activity=activity),
         )
+
+    def preflight(self, args: argparse.Namespace, flight, where: str) -> None:
+        preflight.database(self.db, "--db-path", flight, where)
+        preflight.directory(self.settings.file_root, "--suprsync-file-root", flight, where)
+        if not self.ssh_host:
+            preflight.directory(args.remote_basedir, "--remote-basedir", flight, where)
+            return
+        flight.add(where, preflight.readable_file(args.ssh_key, "--ssh-key"))
+        flight.add(where, preflight.readable_file(args.ssh_known_hosts, "--ssh-known-hosts"))
+        if not flight.problems:
+            flight.add(where, preflight.destination(self.backend, f"--ssh-host {self.ssh_host}"))
 
     def warnings(self) -> list[str]:
         found = []
