@@ -180,6 +180,7 @@ def test_a_process_repeats_skips_a_busy_cycle_publishes_feeds_and_stops_at_once(
             break
         threading.Event().wait(0.02)
     assert session.status == "running" and session.data["last_cycle"]["n"] == 1
+    assert session.data["last_success_at"] >= session.data["last_cycle"]["finished_at"] - 1
     assert session.data["counters"]["cycles"] == 1
     assert published and published[0][0] == "stats" and published[0][1]["data"] == {"n": 1, "label": "x"}
     runner.stop("loop")  # it sleeps an hour between cycles, yet it stops now

@@ -430,6 +430,7 @@ class JobRunner:
         if getattr(report, "degraded", not report.ok):
             state.error(report.message(), counter="cycles_failed")
         else:
+            state.update(last_success_at=time.time())  # how long ago it last worked ('hpcsync status')
             state.recovered()
         self.publish_records(getattr(report, "feed_records", lambda: ())())
         return report
