@@ -407,22 +407,24 @@ def threaded(produce: Callable[[threading.Event], Iterator], cancel: threading.E
 
 
 def _cut_blocks(pieces: Iterator[tuple[bytes, int]], block_size: int) -> Iterator[Block]:
+    """Whole-line blocks of about ``block_size`` from decompressed pieces: each block is
+    built with one copy (the pieces joined up to the last newline of the last piece)."""
     pending: list[bytes] = []
     pending_len = 0
     done = 0
     for piece, done in pieces:
-        pending.append(piece)
         pending_len += len(piece)
         if pending_len < block_size:
+            pending.append(piece)
             continue
-        data = b"".join(pending)
-        cut = data.rfind(b"\n") + 1
-        if cut == 0:  # one line longer than a block: keep reading
-            pending, pending_len = [data], len(data)
+        cut = piece.rfind(b"\n") + 1
+        if cut == 0:  # no line ends in this piece: keep reading
+            pending.append(piece)
             continue
-        yield Block(data[:cut], done)
-        rest = data[cut:]
-        pending, pending_len = [rest], len(rest)
+        pending.append(piece[:cut] if cut < len(piece) else piece)
+        yield Block(b"".join(pending), done)
+        rest = piece[cut:]
+        pending, pending_len = ([rest], len(rest)) if rest else ([], 0)
     data = b"".join(pending)
     if data:
         yield Block(data if data.endswith(b"\n") else data + b"\n", done)
