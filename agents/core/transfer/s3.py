@@ -5,15 +5,22 @@ over any S3 server (AWS, Swift s3api, Ceph, rclone serve s3, MinIO):
 
 - **put/get** go through s3transfer's :class:`~s3transfer.manager.TransferManager`: files
   over ``multipart_threshold`` go up and down in ``chunk_size`` parts, ``concurrency``
-  requests at a time, each retried by botocore (``retries`` attempts, standard mode). Each
+  requests at a time, each retried by botocore (``retries`` attempts, standard mode). Files
+  of at most :data:`SMALL_PUT_BYTES` (without a bandwidth cap) skip the manager's
+  machinery: each is read whole and sent with one ``PutObject`` from a pool of
+  ``concurrency`` threads, and only bodies of :data:`EXPECT_CONTINUE_BYTES` or more ask
+  for ``100-continue`` (botocore asks for every body: one more round trip per small
+  file). Listings parse their ISO timestamps with :meth:`datetime.fromisoformat`. Each
   object carries user metadata ``mtime`` (the local file's, so servers that keep files, like
   rclone, restore it) plus :attr:`~.base.Item.metadata` (e.g. ``sha256``). A multipart
   ETag (``"<md5>-N"``) is never taken for a content hash: :meth:`S3Backend.checksum` reads
   the hash stored in metadata, trusts a plain single-part ETag for md5 only, and otherwise
   downloads and hashes.
-- **a stop or a timeout** interrupts uploads mid-body (the file reader raises), cancels
-  downloads, and aborts unfinished multipart uploads: S3 never shows a partial object, and
-  a download lands under a temporary name renamed into place only when complete.
+- **a stop or a timeout** interrupts uploads mid-body (the file reader raises; a small file
+  already under way, at most :data:`SMALL_PUT_BYTES`, ends first and one not started is not
+  sent), cancels downloads, and aborts unfinished multipart uploads: S3 never shows a
+  partial object, and a download lands under a temporary name renamed into place only when
+  complete.
 - **credentials** come from the environment or boto3's usual chain, a named ``profile``, or
   an AWS-style ``credentials_file`` (ini: ``aws_access_key_id``/``aws_secret_access_key``)
   — never from arguments, never printed (:meth:`describe` names the bucket and endpoint).
@@ -28,6 +35,7 @@ named, the rest of the batch goes on.
 
 from __future__ import annotations
 
+import concurrent.futures
 import configparser
 import contextlib
 import hashlib
@@ -41,6 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import urlparse
 
 from hpcsync.agents.core.files import read_operator_text
@@ -71,6 +80,10 @@ MISSING_KEY_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 #: How often a waiting call looks at its cancel event and deadline (s).
 POLL = 0.05
+#: Files up to this size are read whole and sent with one PutObject each (no transfer manager).
+SMALL_PUT_BYTES = 1 << 20
+#: Bodies from this size on ask for ``100-continue`` before they are sent (botocore: all bodies).
+EXPECT_CONTINUE_BYTES = 1 << 20
 
 
 class CredentialsRefused(DestinationError):
@@ -175,6 +188,13 @@ class _Call:
         self.deadline = time.monotonic() + self.timeout
         self.stop = threading.Event()
         self.timed_out = False
+        #: set whenever one of the call's transfers ends, so waiting ends without a poll's delay
+        self.wake = threading.Event()
+
+    def woken(self, future):
+        """``future`` (a concurrent.futures one) wakes :meth:`wait_all` when it ends."""
+        future.add_done_callback(lambda _f: self.wake.set())
+        return future
 
     def check(self) -> None:
         """Raise CommandCancelled on a stop request; mark a passed deadline."""
@@ -188,7 +208,8 @@ class _Call:
     def wait_all(self, futures: Sequence, on_stop: Callable[[], None]) -> None:
         """Wait for every future; on cancel or timeout call ``on_stop`` and return/raise."""
         pending = list(futures)
-        while pending:
+        first = 0  # futures end roughly in order: skip the finished ones at the front only
+        while first < len(pending):
             try:
                 self.check()
             except CommandCancelled:
@@ -197,9 +218,11 @@ class _Call:
             if self.timed_out:
                 on_stop()
                 return
-            pending = [f for f in pending if not f.done()]
-            if pending:
-                time.sleep(POLL)
+            while first < len(pending) and pending[first].done():
+                first += 1
+            if first < len(pending):
+                self.wake.wait(POLL)
+                self.wake.clear()
 
 
 class S3Backend(Backend):
@@ -237,6 +260,8 @@ class S3Backend(Backend):
         prefix_bytes = len(self.prefix.encode()) + 1 if self.prefix else 0
         self.max_path_bytes = MAX_KEY_BYTES - prefix_bytes
         self._bucket_ok = False
+        self._small_pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._client = client or self._make_client(
             region=region, profile=profile, credentials_file=credentials_file, retries=retries,
             connect_timeout=connect_timeout, read_timeout=read_timeout, addressing_style=addressing_style,
@@ -248,14 +273,20 @@ class S3Backend(Backend):
                      addressing_style):  # fmt: skip
         import boto3
         import botocore.exceptions
+        import botocore.session
         from botocore.config import Config
 
         keys: dict[str, str] = {}
         if credentials_file:
             keys = read_credentials_file(credentials_file, profile)
             profile = None  # the file's section is the profile
+        core = botocore.session.get_session()
+        core.register_component("data_loader", _shared_loader(core))
+        # S3 listings carry one ISO 8601 time per object; botocore's dateutil parse of each
+        # costs more than the rest of the listing.
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_parse_timestamp)
         try:
-            session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
+            session = boto3.session.Session(botocore_session=core, profile_name=profile)
         except botocore.exceptions.ProfileNotFound:
             raise S3ConfigError(f"AWS profile {profile!r} is not in the AWS config or credentials files") from None
         s3_options = {}
@@ -266,13 +297,19 @@ class S3Backend(Backend):
             retries={"max_attempts": max(1, retries), "mode": "standard"},
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            max_pool_connections=self.concurrency + 4,
+            # the transfer manager's requests plus the small-file pool's, at once
+            max_pool_connections=2 * self.concurrency + 4,
             s3=s3_options,
             # The engine hashes content itself (sha256, kept in metadata); no per-request CRC.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config, **keys)
+        client = session.client("s3", endpoint_url=self.endpoint_url, config=config, **keys)
+        from botocore.handlers import add_expect_header
+
+        client.meta.events.unregister("before-call.s3", add_expect_header)
+        client.meta.events.register("before-call.s3", _expect_continue_for_large_bodies)
+        return client
 
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -384,7 +421,9 @@ class S3Backend(Backend):
         outcome = TransferOutcome(ok=True)
         limiter = _Limiter(self.bwlimit, call.stop)
         futures = []
+        small = []
         manager = self._manager(limiter)
+        pool = self._pool()
         try:
             for item in items:
                 why = self._bad_key(item.remote_path)
@@ -398,21 +437,51 @@ class S3Backend(Backend):
                     continue
                 meta = {"mtime": repr(st.st_mtime)}
                 meta.update({str(k).lower(): str(v) for k, v in (item.metadata or {}).items()})
+                if self.bwlimit is None and st.st_size <= SMALL_PUT_BYTES:
+                    small.append((item, call.woken(pool.submit(self._put_small, item, meta, call.stop))))
+                    continue
                 future = manager.upload(item.local_path, self.bucket, self._key(item.remote_path),
-                                        extra_args={"Metadata": meta})  # fmt: skip
+                                        extra_args={"Metadata": meta}, subscribers=[_Wake(call.wake)])  # fmt: skip
                 futures.append((item, future))
-            call.wait_all([f for _i, f in futures], on_stop=call.stop.set)
+            call.wait_all([f for _i, f in futures + small], on_stop=call.stop.set)
         finally:
-            # Unfinished transfers stop here: readers raise, multipart uploads are aborted.
+            # Unfinished transfers stop here: readers raise, multipart uploads are aborted;
+            # small files not yet started are not sent, those under way end first.
+            if call.stop.is_set():
+                for _i, f in small:
+                    f.cancel()
+            concurrent.futures.wait([f for _i, f in small])
             _shutdown(manager, [f for _i, f in futures], cancel=call.stop.is_set())
         if call.cancel is not None and call.cancel.is_set():
             raise CommandCancelled("stopped on request")
+        futures += [(item, f) for item, f in small if not f.cancelled()]
+        for item, f in small:
+            if f.cancelled():
+                outcome.file_errors[item.remote_path] = "stopped before it started"
         self._collect(futures, outcome, "sending")
         outcome.elapsed = time.monotonic() - started
         if call.timed_out:
             outcome.ok, outcome.timed_out = False, True
             outcome.error = outcome.error or f"the upload to {self.describe()} timed out after {timeout:.0f} s"
         return outcome
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The backend's threads for small files (kept between calls; they end with it)."""
+        with self._pool_lock:
+            if self._small_pool is None:
+                self._small_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put")
+            return self._small_pool
+
+    def _put_small(self, item, meta: dict[str, str], stop: threading.Event) -> None:
+        """Send one small file whole with one PutObject (a stop before it starts skips it)."""
+        if stop.is_set():
+            raise _Stopped()
+        with open(item.local_path, "rb") as f:
+            body = f.read(SMALL_PUT_BYTES + 1)
+            if len(body) > SMALL_PUT_BYTES:  # it grew since it was looked at: stream it, whole
+                f.seek(0)
+                body = f
+            self._client.put_object(Bucket=self.bucket, Key=self._key(item.remote_path), Body=body, Metadata=meta)
 
     def _collect(self, futures, outcome: TransferOutcome, doing: str) -> None:
         fatal = None
@@ -472,7 +541,8 @@ class S3Backend(Backend):
                     outcome.file_errors[item.remote_path] = f"cannot write in {directory!r}: {exc.strerror or exc}"
                     continue
                 temps[n] = tmp
-                future = manager.download(self.bucket, self._key(item.remote_path), tmp)
+                future = manager.download(self.bucket, self._key(item.remote_path), tmp,
+                                          subscribers=[_Wake(call.wake)])  # fmt: skip
                 futures.append(((n, item), future))
             call.wait_all([f for _i, f in futures],
                           on_stop=lambda: [f.cancel() for _i, f in futures])  # fmt: skip
@@ -646,6 +716,62 @@ class S3Backend(Backend):
             self._raise_destination(exc, "checking access")
             raise
         self._bucket_ok = True
+
+
+_loader_lock = threading.Lock()
+_loader = None
+
+
+def _shared_loader(core):
+    """One botocore data loader per process, so every backend's client reuses the parsed
+    S3 model and endpoint rules (a new loader parses them again: tens of MB and ~50 ms)."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        return _loader
+
+
+class _Wake:
+    """An s3transfer subscriber that wakes the waiting call when its transfer ends."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def on_queued(self, **kwargs) -> None:
+        pass
+
+    def on_progress(self, **kwargs) -> None:
+        pass
+
+    def on_done(self, **kwargs) -> None:
+        self.event.set()
+
+
+def _parse_timestamp(value):
+    """botocore's timestamp parser, with the ISO 8601 times of S3 listings taken the fast way."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)
+
+
+def _expect_continue_for_large_bodies(model, params, **kwargs) -> None:
+    """botocore's ``add_expect_header`` for bodies of :data:`EXPECT_CONTINUE_BYTES` or more
+    only: a large body waits for the server's go-ahead; a small one goes with its headers."""
+    if model.http.get("method", "") not in ("PUT", "POST") or not hasattr(params.get("body"), "read"):
+        return
+    from botocore.utils import determine_content_length
+
+    size = determine_content_length(params["body"])
+    if size is None or size >= EXPECT_CONTINUE_BYTES:
+        params["headers"]["Expect"] = "100-continue"
 
 
 def _shutdown(manager, futures, *, cancel: bool) -> None:
