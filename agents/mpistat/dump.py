@@ -453,20 +453,22 @@ def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
 # -- parsing ----------------------------------------------------------------------------
 
 
-def _read_columns(data: bytes, fmt: DumpFormat, extra: bool = False) -> pl.DataFrame:
-    names = list(fmt.names) + (["_extra"] if extra else [])
+def _read_columns(data: bytes, fmt: DumpFormat, extra: bool = False, fields: list[str] | None = None) -> pl.DataFrame:
+    """Parse whole lines into columns (polars' CSV reader on the bytes); ``extra`` adds a
+    column that is set only on lines with too many fields; ``fields`` projects (columns
+    not asked for are not parsed)."""
     schema = {**fmt.schema, **({"_extra": pl.String} if extra else {})}
-    return pl.read_csv(
+    frame = pl.scan_csv(
         data,
         separator="\t",
         has_header=False,
-        new_columns=names,
         schema=schema,
         quote_char=None,
         ignore_errors=True,
         truncate_ragged_lines=True,
         missing_columns="insert",
     )
+    return (frame.select(fields) if fields else frame).collect()
 
 
 def _path_ok(fmt: DumpFormat) -> pl.Expr:
@@ -481,13 +483,22 @@ def _path_ok(fmt: DumpFormat) -> pl.Expr:
     return path.str.contains(r"(?-u)^[A-Za-z0-9+/]+={0,2}$") & (path.str.len_bytes() % 4 == 0)
 
 
-def _problems(fmt: DumpFormat) -> list[tuple[str, pl.Expr]]:
-    numeric = [pl.col(c).is_null() for c in fmt.names if c not in ("path", "type")]
-    return [
-        (BAD_PATH, pl.col("path").is_null() | ~_path_ok(fmt).fill_null(False)),
-        (NOT_INTEGER, pl.any_horizontal(numeric)),
-        (BAD_TYPE, ~pl.col("type").is_in(TYPES).fill_null(False)),
-    ]
+def _problems(fmt: DumpFormat, columns: tuple[str, ...] | None = None) -> list[tuple[str, pl.Expr]]:
+    """The checks of each kind over ``columns`` (default: every column of the format)."""
+    columns = columns or fmt.names
+    numeric = [pl.col(c).is_null() for c in columns if c not in ("path", "type")]
+    out = []
+    if "path" in columns:
+        out.append((BAD_PATH, pl.col("path").is_null() | ~_path_ok(fmt).fill_null(False)))
+    out.append((NOT_INTEGER, pl.any_horizontal(numeric) if numeric else pl.lit(False)))
+    if "type" in columns:
+        out.append((BAD_TYPE, ~pl.col("type").is_in(TYPES).fill_null(False)))
+    return out
+
+
+#: ``validate`` values: check every field of every line, or only the fields a job reads
+#: (plus the column count, always).
+VALIDATE = ("all", "used")
 
 
 class BlockParser:
@@ -498,20 +509,31 @@ class BlockParser:
     the consumer) flags rows with a bad path, a non-integer or missing field, an unknown
     type or that extra field. Only a block with flagged rows is split into lines, to
     classify those rows exactly; a block that is not UTF-8 is checked line by line.
+
+    With ``fields`` (``validate="used"``) only those columns, the last one (a short line
+    leaves it empty) and the extra one are parsed and checked: a bad value in a field the
+    job does not read is then not noticed, as in lurge, and the parse costs less.
     """
 
-    def __init__(self, name: str, fmt: DumpFormat, bad: BadLines):
+    def __init__(self, name: str, fmt: DumpFormat, bad: BadLines, fields: tuple[str, ...] | None = None):
         self.name = name
         self.fmt = fmt
         self.bad = bad
         self._tabs = fmt.columns - 1
-        problems = _problems(fmt)
+        if fields is None:
+            self.columns = fmt.names
+        else:
+            wanted = set(fields) | {fmt.names[-1]}
+            self.columns = tuple(c for c in fmt.names if c in wanted)
+        problems = _problems(fmt, self.columns)
+        self._kind_names = [kind for kind, _ in problems]
         self._check = (pl.any_horizontal([expr for _, expr in problems]) | pl.col("_extra").is_not_null()).alias("_bad")
         self._kinds = [expr.alias(kind) for kind, expr in problems]
+        self._fields = None if fields is None else [*self.columns, "_extra"]
 
     def read(self, block: Block) -> pl.DataFrame | None:
         try:
-            return _read_columns(block.data, self.fmt, extra=True)
+            return _read_columns(block.data, self.fmt, extra=True, fields=self._fields)
         except pl.exceptions.ComputeError:  # not UTF-8 somewhere: line by line in finish()
             return None
 
@@ -556,9 +578,9 @@ class BlockParser:
             numbers.append(number)
         if not keep:
             self._record(found)
-            return pl.DataFrame(schema=self.fmt.schema), [], len(lines)
-        df = _read_columns(b"\n".join(keep) + b"\n", self.fmt)
-        flags = df.select(pl.any_horizontal([expr for _, expr in _problems(self.fmt)])).to_series()
+            return pl.DataFrame(schema={c: self.fmt.schema[c] for c in self.columns}), [], len(lines)
+        df = _read_columns(b"\n".join(keep) + b"\n", self.fmt, fields=list(self.columns))
+        flags = df.select(pl.any_horizontal([expr for _, expr in _problems(self.fmt, self.columns)])).to_series()
         if not flags.any():
             self._record(found)
             return df, keep if want_lines else [], len(lines)
@@ -576,7 +598,7 @@ class BlockParser:
             if lines[position].count(b"\t") != self._tabs:
                 kind = WRONG_COLUMNS
             else:
-                kind = next(k for k, hit in zip(KINDS[1:], row, strict=True) if hit)
+                kind = next(k for k, hit in zip(self._kind_names, row, strict=True) if hit)
             found.append((numbers[position], kind))
         self._record(found)
         good = df.filter(~flags)
@@ -610,15 +632,17 @@ def scan(
     on_block: Callable[[FileProgress], None] | None = None,
     block_size: int = BLOCK_SIZE,
     fmt: DumpFormat | None = None,
+    fields: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[DumpFormat, pl.DataFrame, list[bytes]]]:
     """Every good row of ``path``, block by block: ``(format, columns, raw lines)`` (raw
-    lines only ``with_lines``). Malformed lines go to ``bad``.
+    lines only ``with_lines``). Malformed lines go to ``bad``. ``fields``: parse and check
+    only these (see :class:`BlockParser`); default every field.
 
     Three threads work at once: one inflates, one parses blocks into columns (polars
     releases the GIL), and the caller's checks and grouping run here."""
     name = str(path)
     fmt = fmt or detect_format(head_lines(path), name)
-    parser = BlockParser(name, fmt, bad)
+    parser = BlockParser(name, fmt, bad, fields)
     progress = FileProgress(name, compressed_size=os.path.getsize(path))
 
     def parsed(stop: threading.Event):

@@ -55,6 +55,8 @@ class MpistatSettings:
     #: the inspector's roots per volume (see :mod:`.inspector`)
     inspect_roots: dict[str, list[str]] = field(default_factory=dict)
     quota_workers: int = 4
+    #: "all": every field of every line is checked; "used": only the fields a job reads
+    validate: str = "all"
 
 
 @dataclass
@@ -154,7 +156,7 @@ class MpistatEngine:
         state = {"lines_before": 0}
         usages = []
         for dump in dumps.dumps:
-            usage = aggregate_volume(dump.path, dump.volume, bad, cancel=self.cancel,
+            usage = aggregate_volume(dump.path, dump.volume, bad, cancel=self.cancel, validate=self.settings.validate,
                                      on_block=self._reader_progress(state, started, bad))  # fmt: skip
             if self.cancel.is_set():
                 return JobOutcome(True, f"report for {dumps.date} stopped on request; nothing was stored",
@@ -332,7 +334,7 @@ class MpistatEngine:
         for n, dump in enumerate(todo):
             reference = int(dump.mtime)
             rows = inspect_dump(dump.path, self.settings.inspect_roots[dump.volume], depth, directory, bad,
-                                reference_time=reference, cancel=self.cancel,
+                                reference_time=reference, cancel=self.cancel, validate=self.settings.validate,
                                 on_block=self._reader_progress(state, started, bad))  # fmt: skip
             state["lines_before"] += state.pop("current", 0)
             if self.cancel.is_set():
@@ -392,6 +394,7 @@ class MpistatEngine:
                 by_id=opts.get("by_id", False),
                 cancel=self.cancel,
                 on_block=self._reader_progress({"lines_before": 0}, started, bad),
+                validate=self.settings.validate,
             )
             if self.cancel.is_set():
                 shutil.rmtree(tmp, ignore_errors=True)

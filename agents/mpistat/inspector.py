@@ -259,9 +259,11 @@ def inspect_dump(
     reference_time: int,
     cancel: threading.Event | None = None,
     on_block: Callable[[FileProgress], None] | None = None,
+    validate: str = "all",
 ) -> list[DirectoryRow]:
     inspection = Inspection(roots, depth, directory)
-    for fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block):
+    fields = ("path", "size", "gid", "mtime", "type", "nlink") if validate == "used" else None
+    for fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block, fields=fields):
         inspection.add(df, fmt.encoding)
     return inspection.rows(reference_time)
 

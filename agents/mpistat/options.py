@@ -58,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         "default: whatever the newest date has",
     )
     parser.add_argument(
+        "--validate",
+        choices=("all", "used"),
+        default="all",
+        help="all: every field of every line is checked (a bad one skips the line); used: only the fields "
+        "the job reads and the column count, as lurge (faster; default: %(default)s)",
+    )
+    parser.add_argument(
         "--max-days-ago",
         type=int,
         default=10,
@@ -251,6 +258,7 @@ class MpistatOptions(AgentOptions):
             quota=QuotaSource(args.quota_command, args.quota_csv_dir, mounts, args.quota_timeout),
             archive_roots=_pairs(args.archive_root, "--archive-root"),
             inspect_roots=_pairs(args.inspect_root, "--inspect-root"),
+            validate=getattr(args, "validate", "all") or "all",
         )
         split = {
             "split_dir": args.split_dir or str(Path(output) / "groups"),

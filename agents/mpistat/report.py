@@ -30,6 +30,8 @@ TSV_HEADER = ("Lustre Volume", "PI", "Unix Group", "Used (bytes)", "Quota (bytes
               "Archived Directories", "Is Humgen?")  # fmt: skip
 NULL = "-"
 SECONDS_PER_DAY = 86400
+#: The fields the report reads (what ``validate="used"`` checks).
+REPORT_FIELDS = ("size", "gid", "mtime", "nlink")
 
 
 @dataclass
@@ -72,14 +74,17 @@ def aggregate_volume(
     cancel: threading.Event | None = None,
     on_block: Callable[[FileProgress], None] | None = None,
     block_size: int = BLOCK_SIZE,
+    validate: str = "all",
 ) -> VolumeUsage:
-    """Totals per gid of one dump (see the module docstring)."""
+    """Totals per gid of one dump (see the module docstring). ``validate="used"`` checks
+    only the fields the report reads (size, gid, mtime, nlink) and the column count."""
     ref = int(os.stat(path).st_mtime) if reference_time is None else int(reference_time)
     usage = VolumeUsage(volume, str(path), ref)
     merged: pl.DataFrame | None = None
     parts: list[pl.DataFrame] = []
     lines = 0
-    for _fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block, block_size=block_size):
+    fields = REPORT_FIELDS if validate == "used" else None
+    for _fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block, block_size=block_size, fields=fields):
         lines += df.height
         if df.height:
             parts.append(_block_totals(df.select("gid", "size", "nlink", "mtime"), ref))

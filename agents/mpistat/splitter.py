@@ -146,14 +146,16 @@ def split_dumps(
     by_id: bool = False,
     cancel: threading.Event | None = None,
     on_block: Callable[[FileProgress], None] | None = None,
+    validate: str = "all",
 ) -> SplitResult:
     """Split ``paths`` into ``out_dir`` (which must exist and be empty)."""
     selected = sorted(gid for gid, info in directory.groups.items() if info.selected)
     prefixes = [p.encode() for p in path_prefixes]
     result = SplitResult(out_dir)
     writers = _Writers(out_dir)
+    fields = ((("path",) if prefixes else ()) + ("gid", "type")) if validate == "used" else None
     for path in paths:
-        for fmt, df, lines in scan(path, bad, cancel=cancel, with_lines=True, on_block=on_block):
+        for fmt, df, lines in scan(path, bad, cancel=cancel, with_lines=True, on_block=on_block, fields=fields):
             result.lines_read += df.height
             if not df.height:
                 continue

@@ -116,3 +116,22 @@ def test_path_codecs_round_trip_go_quoting():
     assert dump.quote_go("/café".encode()) == '"/café"'  # printable UTF-8 kept, as Go does
     with pytest.raises(ValueError):
         dump.decode_path('"unterminated', dump.QUOTED)
+
+
+def test_validate_used_checks_only_what_the_report_reads(tree, tmp_path):
+    """lurge's way, opt-in: a bad path or type letter does not stop the report from
+    counting a line whose size, gid, mtime and nlink are good; the column count and those
+    four fields are still checked."""
+    _, entries = tree
+    path = write_dump(entries, "mpistat", tmp_path / "bad.dat.gz", bad_lines=KNOWN_BAD, mtime=NOW)
+    for block_size in (300, dump.BLOCK_SIZE):
+        bad = dump.BadLines()
+        usage = aggregate_volume(path, "scratch999", bad, reference_time=NOW, block_size=block_size, validate="used")
+        assert [(n, k) for _, n, k in bad.first] == [(2, dump.WRONG_COLUMNS), (4, dump.WRONG_COLUMNS),
+                                                     (7, dump.WRONG_COLUMNS), (12, dump.NOT_INTEGER),
+                                                     (20, dump.NOT_INTEGER)]  # fmt: skip
+        expected = expected_usage(entries, "capped", NOW)
+        expected[5001]["used"] += 2  # lines 9 and 15: size 1, nlink 1, gid 5001, mtime 5
+        expected[5001]["entries"] += 2
+        got = {g: {"used": u.used, "mtime": u.mtime, "entries": u.entries} for g, u in usage.gids.items()}
+        assert got == expected
