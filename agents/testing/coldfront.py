@@ -50,17 +50,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
+
+from .http_emulator import HttpEmulator
 
 PAGE_SIZE = 100
 ALLOCATION_MIN = Decimal("0.00")
@@ -106,7 +106,7 @@ def _money(value: Decimal) -> str:
     return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-class ColdFrontEmulator:
+class ColdFrontEmulator(HttpEmulator):
     """The API's data, its rules, and an HTTP server in a thread.
 
     :param period_start_month: first month of the allowance year (6 = myBRC, 10 = myLRC).
@@ -126,9 +126,8 @@ class ColdFrontEmulator:
         self.period_start_month = period_start_month
         self.zone = ZoneInfo(time_zone)
         self.periodic_prefixes = tuple(periodic_prefixes)
+        super().__init__()
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -402,27 +401,17 @@ class ColdFrontEmulator:
 
     # -- server ----------------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> ColdFrontEmulator:
-        server = _Server((host, port), _Handler)
-        server.emulator = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="coldfront-emulator", daemon=True
-        )
-        self._thread.start()
-        return self
+    server_version = "ColdFrontEmulator/1.0"
 
-    def stop(self) -> None:
-        self.clear_faults()  # held (delayed) requests answer now
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "emulator not started"
-        return self._server.server_address[1]
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes, host: str):
+        status, payload, extra, drop = self.handle(method, path, headers, body, host)
+        if drop:
+            return None
+        if isinstance(payload, RawBody):
+            data, content_type = payload.encode(), "text/html; charset=utf-8"
+        else:
+            data, content_type = json.dumps(payload, default=str).encode(), "application/json"
+        return status, data, {"Content-Type": content_type, "Vary": "Accept", **extra}
 
     @property
     def url(self) -> str:
@@ -434,7 +423,7 @@ class ColdFrontEmulator:
         return f"{self.url}/api/"
 
     def __enter__(self) -> ColdFrontEmulator:
-        return self.start() if self._server is None else self
+        return self if self.started else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -1081,58 +1070,6 @@ class ColdFrontEmulator:
         return 200, self._job_out(job)  # UpdateModelMixin answers 200, creating or not
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    emulator: ColdFrontEmulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as a real server behind a proxy offers
-    # Headers and body go out in two writes; without TCP_NODELAY the second waits for the
-    # client's delayed ACK (40 ms) on every keep-alive request.
-    disable_nagle_algorithm = True
-    server_version = "ColdFrontEmulator/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters instead
-        pass
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away (killed, or gave up waiting): nothing to answer
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        host = headers.get("host") or f"127.0.0.1:{self.server.server_address[1]}"
-        emulator: ColdFrontEmulator = self.server.emulator  # type: ignore[attr-defined]
-        try:
-            status, payload, extra, drop = emulator.handle(self.command, self.path, headers, body, host)
-        except Exception as exc:  # a bug in the emulator must show as a 500, not a hang
-            status, payload, extra, drop = 500, {"detail": f"emulator error: {exc!r}"}, {}, False
-        if drop:
-            self.close_connection = True
-            return
-        if isinstance(payload, RawBody):
-            data, content_type = payload.encode(), "text/html; charset=utf-8"
-        else:
-            data, content_type = json.dumps(payload, default=str).encode(), "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Vary", "Accept")
-        for key, value in extra.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
-
-
 def job_url(api_url: str, jobslurmid: str) -> str:
     return f"{api_url.rstrip('/')}/jobs/{quote(jobslurmid, safe='')}/"
 
@@ -1155,14 +1092,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed:
         with open(args.seed, encoding="utf-8") as fh:
             emulator.seed(json.load(fh))
-    emulator.start(args.host, args.port)
-    print(f"ColdFront emulator listening on http://{args.host}:{emulator.port}/api/", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    emulator.stop()
-    return 0
+    return emulator.serve_until_signalled(
+        args.host, args.port, f"ColdFront emulator listening on http://{args.host}:{{port}}/api/"
+    )
 
 
 if __name__ == "__main__":

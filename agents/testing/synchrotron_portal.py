@@ -33,16 +33,16 @@ import argparse
 import base64
 import json
 import secrets
-import signal
 import sys
 import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo
+
+from .http_emulator import HttpEmulator
 
 #: The portal's time zone (the Australian Synchrotron is in Melbourne).
 PORTAL_TZ = ZoneInfo("Australia/Melbourne")
@@ -69,13 +69,15 @@ def person(first_names: str, last_name: str, email: str) -> dict[str, str]:
     return {"first_names": first_names, "last_name": last_name, "email": email}
 
 
-class SynchrotronPortalEmulator:
+class SynchrotronPortalEmulator(HttpEmulator):
     """The portal's data and rules, and an HTTP server in a thread."""
 
+    server_version = "SynchrotronPortalEmulator/1.0"
+
     def __init__(self, *, token_lifetime: float = 3600.0):
+        super().__init__()
         self.token_lifetime = token_lifetime
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
         self.clients: dict[str, str] = {}
         self.users: dict[str, dict] = {}
         self.visits: dict[str, list[dict]] = {}
@@ -208,26 +210,12 @@ class SynchrotronPortalEmulator:
 
     # -- server ----------------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> SynchrotronPortalEmulator:
-        server = _Server((host, port), _Handler)
-        server.emulator = self
-        self._server = server
-        threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="portal-emulator", daemon=True
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        self.clear_faults()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "emulator not started"
-        return self._server.server_address[1]
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes, host: str):
+        try:
+            status, payload, raw = self.handle(method, path, headers, body)
+        except Exception as exc:  # a bug in the emulator shows as a 500, not a hang
+            status, payload, raw = 500, {"meta": {"error_message": f"emulator error: {exc!r}"}}, False
+        return status, payload if raw else json.dumps(payload).encode(), {"Content-Type": "application/json"}
 
     @property
     def url(self) -> str:
@@ -235,7 +223,7 @@ class SynchrotronPortalEmulator:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> SynchrotronPortalEmulator:
-        return self.start() if self._server is None else self
+        return self if self.started else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -344,44 +332,6 @@ class SynchrotronPortalEmulator:
         return 200, {"meta": {"code": 200}, "data": {"visits": found}}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    emulator: SynchrotronPortalEmulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    server_version = "SynchrotronPortalEmulator/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet; and the token rides in the URL
-        pass
-
-    def handle(self) -> None:
-        try:
-            super().handle()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        try:
-            status, payload, raw = self.server.emulator.handle(self.command, self.path, headers, body)  # type: ignore[attr-defined]
-        except Exception as exc:  # a bug in the emulator shows as a 500, not a hang
-            status, payload, raw = 500, {"meta": {"error_message": f"emulator error: {exc!r}"}}, False
-        data = payload if raw else json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = _serve
-
-
 def demo_seed(now: datetime | None = None) -> dict:
     """The demo's portal: client ``demo-client``/``demo-client-secret``, user ``demo``/``demo``
     on equipment 23 and 24, and visits: finished ones (12282a, 12282b, 13001a: mapped in the
@@ -427,14 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed:
         with open(args.seed, encoding="utf-8") as fh:
             emulator.seed(json.load(fh))
-    emulator.start(args.host, args.port)
-    print(f"Synchrotron portal emulator listening on {emulator.url}", flush=True)
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    emulator.stop()
-    return 0
+    return emulator.serve_until_signalled(
+        args.host, args.port, f"Synchrotron portal emulator listening on http://{args.host}:{{port}}"
+    )
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def _serve(port: int, cert: str, key: str, maildir: str) -> None:
     class Handler:
         async def handle_DATA(self, server, session, envelope):
             n = next(counter)
-            stem = Path(maildir) / f"{time.time():.6f}-{n:04d}"
+            stem = Path(maildir) / f"{time.time_ns()}-{n:04d}"  # no dot: with_suffix keeps it whole
             stem.with_suffix(".json").write_text(
                 json.dumps(
                     {"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos, "tls": session.ssl is not None}

@@ -45,6 +45,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 
+from hpcsync.agents.core.daemon import pid_alive
 from hpcsync.agents.core.process import CommandCancelled, CommandError, CommandResult, CommandTimeout, run_command
 from hpcsync.agents.core.ssh import SshOptions, remote_command, rsync_base_argv, ssh_diagnosis
 
@@ -88,16 +89,6 @@ _TEMP_DIR_SCRIPT = (
     'cd "$1" 2>/dev/null || exit 111; n=0; if [ -d "$2" ]; then n=$(find "$2" -type f | wc -l); '
     'rm -rf -- "$2"; fi; mkdir -m 700 -- "$2" && echo "$n"'
 )
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def default_tmp_root() -> str | None:
@@ -168,7 +159,7 @@ class RsyncBackend(Backend):
                 continue
             for name in names:
                 match = mine.match(name)
-                if match and not _pid_alive(int(match.group(1))):
+                if match and not pid_alive(int(match.group(1))):
                     shutil.rmtree(os.path.join(root, name), ignore_errors=True)
                     removed.append(os.path.join(root, name))
         result, stderr = self._run_script("cleanup", _TEMP_DIR_SCRIPT, [self.remote_temp_dir], None, timeout, cancel)
