@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.process import CommandCancelled
 from hpcsync.agents.core.secrets import load_secret
 from hpcsync.agents.core.transfer.base import Backend, DestinationError, Item, RemoteUnreachable, unsafe_relative_path
 
@@ -397,15 +398,19 @@ class CloudSyncEngine:
         target = self.store.load(name)
         report = Report("push", name, dry_run=dry_run)
         backend = self.backend
-        manifest = self.read_manifest(name)
-        scan = self.scan(target, report)
+        # The remote's manifest and listing are fetched while the directory is scanned and hashed.
+        with ThreadPoolExecutor(2, thread_name_prefix="cloudsync-remote") as pool:
+            manifest_future = pool.submit(self.read_manifest, name)
+            listing = pool.submit(backend.list, name + "/", timeout=TIMEOUT, cancel=self.cancel)
+            scan = self.scan(target, report)
+            manifest = manifest_future.result()
+            remote = {e.path[len(name) + 1 :]: e for e in listing.result()}
         report.problems.update(scan.problems)
         report.hashed = scan.hashed
         report.files_total = len(scan.files)
         enc_count = sum(1 for f in scan.files.values() if f.enc)
         key = self._key(name, manifest, f"has {enc_count} file(s) to encrypt") if enc_count else None
         old_files = (manifest or {}).get("files", {})
-        remote = {e.path[len(name) + 1 :]: e for e in backend.list(name + "/", timeout=TIMEOUT, cancel=self.cancel)}
 
         new_files: dict[str, dict] = {}
         to_send: list[str] = []
@@ -451,6 +456,11 @@ class CloudSyncEngine:
         self._send(target, scan, to_send, key, new_files, report, started)
         if self.cancel.is_set():
             report.stopped = True
+            # what a stop left unsent keeps its old entry while its old object is there (a
+            # pull checks the hash, so a half-replaced file is never taken for the new one)
+            for rel in to_send:
+                if rel not in new_files and rel in old_files and rel in remote:
+                    new_files[rel] = old_files[rel]
         new_manifest = {
             "format": MANIFEST_FORMAT, "target": name, "pushed_at": time.time(), "pushed_by": os.uname().nodename,
             "files": new_files, "dirs": scan.dirs, "links": scan.links,
@@ -459,8 +469,9 @@ class CloudSyncEngine:
             new_manifest["encryption"] = key.params
         elif manifest and manifest.get("encryption"):
             new_manifest["encryption"] = manifest["encryption"]
-        backend.write_object(manifest_name(name), json.dumps(new_manifest, ensure_ascii=False).encode("utf-8"),
-                             timeout=600, cancel=None)  # fmt: skip
+        if not _same_manifest(manifest, new_manifest):  # a run that changed nothing writes nothing
+            backend.write_object(manifest_name(name), json.dumps(new_manifest, ensure_ascii=False).encode("utf-8"),
+                                 timeout=600, cancel=None)  # fmt: skip
         if not report.stopped and to_delete:
             outcome = backend.delete([f"{name}/{rel}" for rel in to_delete], timeout=TIMEOUT, cancel=self.cancel)
             failed = {p[len(name) + 1 :]: why for p, why in {**outcome.file_errors, **outcome.skipped}.items()}
@@ -485,7 +496,14 @@ class CloudSyncEngine:
                 if len(batch) >= BATCH_FILES or size >= BATCH_BYTES or n == len(to_send) - 1:
                     if self.cancel.is_set():
                         return
-                    self._send_batch(target, scan, batch, key, new_files, report, tmpdir)
+                    elapsed = max(time.monotonic() - started, 1e-6)
+                    self.progress(activity="sending", files_done=report.files_sent, files_total=len(to_send),
+                                  bytes_done=report.bytes_sent, bytes_total=total_bytes,
+                                  rate=round(report.bytes_sent / elapsed), current=batch[0])  # fmt: skip
+                    try:
+                        self._send_batch(target, scan, batch, key, new_files, report, tmpdir)
+                    except CommandCancelled:  # stopped mid-batch: what earlier batches sent counts
+                        return
                     elapsed = max(time.monotonic() - started, 1e-6)
                     self.progress(activity="sending", files_done=report.files_sent, files_total=len(to_send),
                                   bytes_done=report.bytes_sent, bytes_total=total_bytes,
@@ -820,6 +838,14 @@ def _group(gid: int) -> str | None:
 
 def _under(rel: str, dirs: set[str]) -> bool:
     return any(d == "" or rel.startswith(d + "/") for d in dirs)
+
+
+def _same_manifest(old: dict | None, new: dict) -> bool:
+    """True if ``new`` says what ``old`` says, leaving aside when and where it was pushed."""
+    if old is None:
+        return False
+    moment = ("pushed_at", "pushed_by")
+    return {k: v for k, v in old.items() if k not in moment} == {k: v for k, v in new.items() if k not in moment}
 
 
 def _sha256_file(path: str) -> str:

@@ -3,6 +3,7 @@ s3, SigV4): what lands on the remote, what comes back on disk, what is refused."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -224,3 +225,65 @@ def test_malformed_target_files_and_missing_passphrases_are_one_clear_line(rig, 
         eng.push("enc")
     with pytest.raises(ConfigError, match="no target 'nope'"):
         eng.pull("nope")
+
+
+def test_a_push_stopped_mid_way_records_what_it_sent_and_the_next_push_sends_the_rest(rig, tmp_path, monkeypatch):
+    from hpcsync.agents.cloudsync import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "BATCH_FILES", 3)
+    home = tmp_path / "home"
+    home.mkdir()
+    names = [f"f{i}.txt" for i in range(9)]
+    for i, name in enumerate(names):
+        (home / name).write_text(f"first version of {i}")
+    eng = rig.engine(home)
+    _add(eng, "data", home)
+    assert eng.push("data").files_sent == 9
+    for i, name in enumerate(names):
+        (home / name).write_text(f"second, longer version of {i}")
+
+    calls = []
+
+    def progress(**fields):
+        calls.append(fields)
+        if len([c for c in calls if c.get("activity") == "sending"]) == 3:  # before the second batch
+            eng.cancel.set()
+
+    eng.progress = progress
+    stopped = eng.push("data")
+    assert stopped.stopped and stopped.files_sent == 3 and stopped.files_deleted == 0, stopped.message()
+    manifest = json.loads((rig.stored / "data.hpcsync.json").read_text())
+    new = {n for n in names if (rig.stored / "data" / n).read_text().startswith("second")}
+    assert len(new) == 3
+    for name in names:  # the manifest says what each object holds: the new content or the old
+        assert manifest["files"][name]["hash"] == hashlib.sha256((rig.stored / "data" / name).read_bytes()).hexdigest()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    eng2 = rig.engine(other, config="cfg2")
+    _add(eng2, "data", other)
+    pulled = eng2.pull("data")
+    assert pulled.ok and not pulled.problems and pulled.files_sent == 9, pulled.message()
+
+    eng.cancel.clear()
+    eng.progress = lambda **kw: None
+    rest = eng.push("data")
+    assert rest.ok and not rest.stopped and rest.files_sent == 6 and rest.files_unchanged == 3, rest.message()
+    assert all((rig.stored / "data" / n).read_text().startswith("second") for n in names)
+
+
+def test_a_push_that_changes_nothing_rewrites_no_manifest_and_a_mode_change_does(rig, tmp_path):
+    home = tmp_path / "home"
+    _tree(home)
+    eng = rig.engine(home)
+    _add(eng, "data", home)
+    eng.push("data")
+    stored = rig.stored / "data.hpcsync.json"
+    before = (stored.read_bytes(), stored.stat().st_mtime_ns)
+    again = eng.push("data")
+    assert again.ok and again.files_sent == 0 and again.attrs_updated == 0
+    assert (stored.read_bytes(), stored.stat().st_mtime_ns) == before
+    os.chmod(home / "script.sh", 0o700)
+    changed = eng.push("data")
+    assert changed.files_sent == 0 and changed.attrs_updated == 1
+    assert json.loads(stored.read_text())["files"]["script.sh"]["mode"] == 0o700

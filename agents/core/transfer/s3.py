@@ -417,6 +417,7 @@ class S3Backend(Backend):
             return TransferOutcome(ok=True)
         self.check_access()
         call = _Call(timeout, cancel)
+        call.check()  # a stop asked for already: nothing is sent
         started = time.monotonic()
         outcome = TransferOutcome(ok=True)
         limiter = _Limiter(self.bwlimit, call.stop)
@@ -438,7 +439,7 @@ class S3Backend(Backend):
                 meta = {"mtime": repr(st.st_mtime)}
                 meta.update({str(k).lower(): str(v) for k, v in (item.metadata or {}).items()})
                 if self.bwlimit is None and st.st_size <= SMALL_PUT_BYTES:
-                    small.append((item, call.woken(pool.submit(self._put_small, item, meta, call.stop))))
+                    small.append((item, call.woken(pool.submit(self._put_small, item, meta, call))))
                     continue
                 future = manager.upload(item.local_path, self.bucket, self._key(item.remote_path),
                                         extra_args={"Metadata": meta}, subscribers=[_Wake(call.wake)])  # fmt: skip
@@ -472,9 +473,9 @@ class S3Backend(Backend):
                 self._small_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put")
             return self._small_pool
 
-    def _put_small(self, item, meta: dict[str, str], stop: threading.Event) -> None:
+    def _put_small(self, item, meta: dict[str, str], call: _Call) -> None:
         """Send one small file whole with one PutObject (a stop before it starts skips it)."""
-        if stop.is_set():
+        if call.stop.is_set() or (call.cancel is not None and call.cancel.is_set()):
             raise _Stopped()
         with open(item.local_path, "rb") as f:
             body = f.read(SMALL_PUT_BYTES + 1)
