@@ -487,3 +487,21 @@ def test_a_command_dies_with_the_process_that_started_it(tmp_path):
     while time.monotonic() < deadline and pid_alive(child):
         time.sleep(0.05)
     assert not pid_alive(child)
+
+
+def test_a_stopped_command_gets_sigterm_first_then_sigkill(tmp_path):
+    """rsync keeps a partial file and removes its temp files on SIGTERM, not on SIGKILL;
+    a program that ignores SIGTERM is killed all the same."""
+    import threading
+
+    marker = tmp_path / "terminated"
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    polite = f'trap "echo saved > {marker}; exit 1" TERM; sleep 60 & wait'
+    with pytest.raises(CommandCancelled):
+        run_command(["sh", "-c", polite], cancel=cancel, timeout=30)
+    assert marker.read_text().strip() == "saved"
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(CommandCancelled):  # ignores SIGTERM: SIGKILL follows
+        run_command(["sh", "-c", 'trap "" TERM; sleep 60 & wait'], cancel=cancel, timeout=30)

@@ -97,9 +97,14 @@ def _tied_to_this_thread(argv: tuple[str, ...], env: Mapping[str, str] | None) -
     return [_SETPRIV, "--pdeathsig", "KILL", "--", program, *argv[1:]]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+#: Seconds a stopped or timed-out command gets between SIGTERM and SIGKILL: rsync uses
+#: them to keep what it had received of a file (--partial) and remove its temp files.
+TERM_GRACE = 0.5
+
+
+def _kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -168,6 +173,8 @@ def run_command(
         elif time.monotonic() > deadline:
             stopped_by = "timeout"
         if stopped_by:
+            _kill_group(proc, signal.SIGTERM)
+            reader.join(TERM_GRACE)
             _kill_group(proc)
             reader.join()
             break
