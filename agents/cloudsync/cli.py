@@ -2,7 +2,9 @@
 
 Output follows alces: ``list`` prints ``<name>: <dir> <-> <remote>``; push, pull and purge
 print `` > Title`` then ``<step> ... OK`` (or ``FAIL``, exit status 1); errors go to stderr
-as ``hpcsync sync <verb>: ...``. Nothing prompts for a passphrase: it comes from
+as ``hpcsync sync <verb>: ...``. A path that could not be synced (unreadable, a special
+file, refused) is named on stderr after the rest was synced, and makes the ``Sync`` step
+``FAIL`` and the exit status 1, as a cron job must notice. Nothing prompts for a passphrase: it comes from
 ``--passphrase file:/path`` or ``env:NAME``. ``remove`` and ``purge`` ask before acting
 unless ``--yes``; with no terminal they refuse rather than assume.
 """
@@ -109,14 +111,17 @@ def _run(args, operation: str, dry_run: bool, job):
 
 
 def _report(report, steps: list[str]) -> int:
+    """Print the steps, what was not synced and the summary; the exit status: 1 if the run
+    failed or refused, or if any path was not synced (the rest was: the Sync step says FAIL)."""
+    done = report.ok and not report.refused
     for title in steps:
-        _step(title, report.ok and not report.refused)
+        _step(title, done and not (title == "Sync" and report.problems))
     for path in report.planned[:20] if report.dry_run else []:
         print(f"   {path!r}")
     for path, why in list(report.problems.items())[:20]:
         print(f"   ! {path!r}: {why}", file=sys.stderr)
     print(report.message())
-    return 0 if report.ok and not report.refused else 1
+    return 0 if done and not report.problems else 1
 
 
 def _cmd_list(args) -> int:

@@ -433,10 +433,16 @@ class CloudSyncEngine:
             rel for rel in remote
             if rel not in scan.files and rel not in protected and not _under(rel, scan.unreadable_dirs)
         )  # fmt: skip
-        # a file we could not read keeps its remote copy and its manifest entry
-        for rel in scan.problems:
-            if rel in old_files and rel in remote:
-                new_files[rel] = old_files[rel]
+        # a file we could not read keeps its remote copy and its manifest entry, and so does
+        # everything below a directory we could not read (its directories and links too)
+        for rel, entry in old_files.items():
+            if rel in remote and rel not in new_files and (rel in scan.problems or _under(rel, scan.unreadable_dirs)):
+                new_files[rel] = entry
+        dirs, links = dict(scan.dirs), dict(scan.links)
+        for kept, old in ((dirs, (manifest or {}).get("dirs", {})), (links, (manifest or {}).get("links", {}))):
+            for rel, value in old.items():
+                if rel not in kept and _under(rel, scan.unreadable_dirs):
+                    kept[rel] = value
         limit = self.settings.max_delete if max_delete is None else max_delete
         if limit is not None and limit >= 0 and len(to_delete) > limit:
             report.ok = False
@@ -463,7 +469,7 @@ class CloudSyncEngine:
                     new_files[rel] = old_files[rel]
         new_manifest = {
             "format": MANIFEST_FORMAT, "target": name, "pushed_at": time.time(), "pushed_by": os.uname().nodename,
-            "files": new_files, "dirs": scan.dirs, "links": scan.links,
+            "files": new_files, "dirs": dirs, "links": links,
         }  # fmt: skip
         if key is not None:
             new_manifest["encryption"] = key.params
