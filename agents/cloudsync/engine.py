@@ -384,6 +384,7 @@ class CloudSyncEngine:
                 total.problems[name] = str(exc)
                 continue
             total.ok = total.ok and one.ok
+            total.stopped = total.stopped or one.stopped
             for key in ("files_total", "files_sent", "bytes_sent", "files_unchanged", "files_deleted", "hashed"):
                 setattr(total, key, getattr(total, key) + getattr(one, key))
             total.problems.update({f"{name}: {k}": v for k, v in one.problems.items()})
