@@ -100,3 +100,27 @@ def test_bad_parameter_is_refused_before_the_op_runs(hub, suprsync):
     reply = client.list_failed.start(limit=0)
     assert reply.status != 0 and "limit" in reply.msg
     assert client.list_failed.status().session.get("session_id") == before, "a refused start must not run"
+
+
+def test_with_a_crossbar_timeout_an_agent_stops_its_ops_and_exits_when_the_hub_is_gone(tmp_path):
+    """ocs stops every running op when the hub has been gone past --crossbar-timeout, but
+    without a credential: under access control its own stop was refused and the process
+    hung on with no reactor, never to register again. Now it stops its ops and exits."""
+    from hpcsync.agents.core import daemon
+    from services.hub import start_hub
+
+    private = start_hub(tmp_path / "hub")
+    try:
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        args = ["--archive-name", "t", "--remote-basedir", str(remote), "--db-path", str(tmp_path / "l.db"),
+                "--suprsync-file-root", str(tmp_path / "root"), "--sleep-time", "1"]  # fmt: skip
+        agent = private.start_agent("SupRsync", "suprsync-timeout", args, env={"CROSSBAR_TIMEOUT": "2"})
+        assert private.client("suprsync-timeout").run.status().session["status"] == "running"
+        daemon.stop(private.pid, sig=9, timeout=5)  # the hub is gone for good
+        exited = daemon.wait_until(lambda: not agent.alive(), 60, 0.2)
+        log = agent.log.read_text(errors="replace")
+        assert exited, f"the agent did not exit:\n{log[-2000:]}"
+        assert "Rejected underprivileged" not in log
+    finally:
+        private.stop()

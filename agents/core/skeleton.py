@@ -206,8 +206,31 @@ def run_agent(
     runner.run(agent, auto_reconnect=True)
 
 
+def _stop_sessions_as_the_agent(agent: Any) -> None:
+    """When the hub is gone past ``--crossbar-timeout``, ocs stops every running op before
+    the agent exits, but without a credential: under access control its own stop is refused
+    and the process outlives its reactor, never to register again. Stop them with the
+    agent's own key (the one ocs uses for start-up ops)."""
+    from ocs.ocs_twisted import dsleep
+    from twisted.internet.defer import inlineCallbacks
+
+    @inlineCallbacks
+    def stop_all():
+        for name, session in list(agent.sessions.items()):
+            if session is None or session.status in ("stopping", "done"):
+                continue
+            if name in agent.tasks:
+                yield agent.abort(name, password=agent)
+            elif name in agent.processes:
+                yield agent.stop(name, password=agent)
+        yield dsleep(3)  # as ocs: a moment for processes to stop cleanly
+
+    agent._stop_all_running_sessions = stop_all
+
+
 def register_ops(agent: Any, shell: AgentShell, parsed: argparse.Namespace) -> None:
     """Register each declared op of ``shell`` on the OCS ``agent``."""
+    _stop_sessions_as_the_agent(agent)
     for name, declaration in declared_ops(type(shell)).items():
         method = getattr(shell, name)
         stop = shell.jobs.stopper(name)
