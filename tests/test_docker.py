@@ -159,7 +159,7 @@ def test_agent_secrets_and_ssh_files_are_mounted_one_by_one_read_only():
         policy = _argument(inst, "--access-policy")
         assert policy and policy.startswith("file:/run/secrets/"), f"{name}: policy {policy!r} is not a docker secret"
         assert policy[len("file:") :] in mounted, f"{name}: {policy} is not mounted"
-        for flag in ("--ssh-key", "--ssh-known-hosts", "--token-file"):
+        for flag in ("--ssh-key", "--ssh-known-hosts", "--token-file", "--credentials-file", "--passphrase"):
             value = _argument(inst, flag)
             if value:
                 path = value[len("file:") :] if value.startswith("file:") else value
@@ -169,3 +169,7 @@ def test_agent_secrets_and_ssh_files_are_mounted_one_by_one_read_only():
                 inst,
                 "--ssh-key",
             ).startswith("/run/secrets/"), f"{name}: ssh key is not a secret"
+        if inst.agent_class == "CloudSync":  # S3 keys and the passphrase: docker secrets, never inline
+            for flag in ("--credentials-file", "--passphrase"):
+                value = (_argument(inst, flag) or "").removeprefix("file:")
+                assert value.startswith("/run/secrets/"), f"{name}: {flag} {value!r} is not a docker secret"
