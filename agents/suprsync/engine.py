@@ -161,8 +161,6 @@ class SupRsyncEngine:
         report = IterationReport(start_time=time.time())
         self.counters["iterations"] += 1
 
-        if not self._leftovers_removed:
-            self._step(report, "cleaning up", self._remove_leftovers)
         self._step(report, "copying", self._copy_step, report)
         if s.delete_after is not None and not self.cancel.is_set():
             self._step(report, "deleting", self._delete_step, report)
@@ -192,7 +190,7 @@ class SupRsyncEngine:
     # -- steps ----------------------------------------------------------------------------
 
     def _remove_leftovers(self) -> None:
-        """Once per run, before the first copy: what a killed run of this instance left
+        """Once per run, before its first copy: what a killed run of this instance left
         (symlink trees, ssh control directories, rsync's partial files on the remote)."""
         removed = self.backend.remove_leftovers(timeout=self.settings.copy.md5_timeout(0), cancel=self.cancel)
         for what in removed:
@@ -203,7 +201,10 @@ class SupRsyncEngine:
         if not self.manager.has_pending(self.settings.archive):
             return  # idle: not even a connection to the destination
         copier = Copier(self.manager, self.backend, self.settings.copy, cancel=self.cancel)
-        batches = copier.copy_batches(COPY_STEP_BUDGET)
+        with self.backend.connection(cancel=self.cancel):  # one connection for the clean-up and the batches
+            if not self._leftovers_removed:
+                self._remove_leftovers()
+            batches = copier.copy_batches(COPY_STEP_BUDGET)
         for batch in batches:
             report.batches.append(batch)
             self.counters["copies"] += batch.verified
