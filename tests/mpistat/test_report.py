@@ -191,3 +191,27 @@ def test_cli_demo_report_then_refusal_in_one_line(tmp_path):
     bad = subprocess.run([*base, "report", "--dump-dir", str(tmp_path), "--archive-root", "nonsense"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1 and "--archive-root 'nonsense' must be VOL=PATH" in bad.stderr
+
+
+def test_a_stop_mid_dump_stores_nothing(tmp_path, ldap_settings):
+    """The reader looks at the stop request between blocks: the report ends early, says so,
+    and neither the TSV nor any row exists."""
+    from benchmarks.mpistat_gen import generate
+
+    date = dt.date.fromtimestamp(NOW)
+    generate(tmp_path / "dumps" / f"{date:%Y%m%d}_999.dat.gz", 400_000)
+    opts = options(tmp_path, ldap_settings, f"sqlite:///{tmp_path / 's.db'}")
+    cancel = threading.Event()
+    seen = []
+
+    def progress(**fields):
+        if "lines_read" in fields:
+            seen.append(fields["lines_read"])
+            cancel.set()
+
+    engine = opts.build_engine(JobContext("t", cancel, on_progress=lambda f: progress(**f)), opts.open_database)
+    outcome = engine.report()
+    assert outcome.stopped and "stopped on request; nothing was stored" in outcome.message()
+    assert seen and seen[0] < 400_000
+    assert not (tmp_path / "out" / "report-output-files").exists()
+    assert engine.ledger.report_rows(date) == []
