@@ -21,7 +21,7 @@ from typing import Any
 
 from hpcsync.agents.core.process import run_command
 from hpcsync.agents.core.secrets import Secret
-from hpcsync.agents.core.transfer.base import Item
+from hpcsync.agents.core.transfer.base import DestinationError, Item, RemoteUnreachable, TransferOutcome
 from hpcsync.db import Database
 from hpcsync.db.runs import get_cursor, set_cursor
 
@@ -377,7 +377,10 @@ class MpistatEngine:
             raise AlreadyDone(f"the split of {dumps.date.isoformat()} already exists in {final} "
                               "(pass replace=True to split it again)")  # fmt: skip
         if backend is not None and not replace:
-            remote = backend.list(dumps.stamp, timeout=120, cancel=self.cancel)
+            try:
+                remote = backend.list(dumps.stamp, timeout=120, cancel=self.cancel)
+            except RemoteUnreachable as exc:
+                raise MpistatError(f"cannot look for a finished split at {backend.describe()}: {exc}") from None
             if any(e.path == f"{dumps.stamp}/index.txt" for e in remote):
                 raise AlreadyDone(f"the split of {dumps.date.isoformat()} is already uploaded to "
                                   f"{backend.describe()} (pass replace=True to upload it again)")  # fmt: skip
@@ -434,7 +437,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def upload_split(backend, directory: Path, stamp: str, cancel: threading.Event, attempts: int = 3) -> int:
+def upload_split(
+    backend, directory: Path, stamp: str, cancel: threading.Event, attempts: int = 3, backoff: float = 1.0
+) -> int:
     """Upload a finished split: every file, then ``index.txt`` last (its presence marks the
     date finished). Files that fail are tried again (``attempts`` in all); any still
     failing raise, and index.txt is then not sent."""
@@ -442,13 +447,18 @@ def upload_split(backend, directory: Path, stamp: str, cancel: threading.Event, 
     for batch in (names, ["index.txt"]):
         todo = [Item(str(directory / n), f"{stamp}/{n}", (directory / n).stat().st_size) for n in batch]
         for attempt in range(attempts):
-            outcome = backend.put(todo, timeout=3600, cancel=cancel)
+            try:
+                outcome = backend.put(todo, timeout=3600, cancel=cancel)
+            except DestinationError as exc:  # refused credentials, no bucket: trying again will not help
+                raise MpistatError(f"upload to {backend.describe()} failed: {exc}") from None
+            except RemoteUnreachable as exc:  # the whole batch: try it again
+                outcome = TransferOutcome(ok=False, error=str(exc))
             failed = set(outcome.skipped) | set(outcome.file_errors)
             if outcome.ok and not failed:
                 todo = []
                 break
             todo = [i for i in todo if i.remote_path in failed] if failed else todo
-            if cancel.wait(min(2**attempt, 30)):
+            if cancel.wait(min(backoff * 2**attempt, 30)):
                 break
         if todo:
             raise MpistatError(f"upload to {backend.describe()} failed for {', '.join(i.remote_path for i in todo)}"

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from hpcsync.agents.core.jobs import JobContext
-from hpcsync.agents.mpistat.errors import AlreadyDone
+from hpcsync.agents.mpistat.errors import AlreadyDone, MpistatError
 from hpcsync.agents.mpistat.ledger import MpistatLedger
 from hpcsync.agents.mpistat.options import MpistatOptions, add_arguments
 from services.slapd import GROUP_BASE, PEOPLE_BASE
@@ -207,7 +207,7 @@ def test_split_uploads_to_s3_and_a_finished_date_is_refused(tree, tmp_path, ldap
     wrong = tmp_path / "wrong.ini"
     wrong.write_text(creds.read_text().replace(s3_server.secret_key, "not-the-secret"))
     bad = make_engine(tmp_path, ldap_groups, *s3[:-1], str(wrong))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(MpistatError, match=f"upload to s3://{bucket}/mpistat") as info:
         bad.split(replace=True)
     assert "not-the-secret" not in str(info.value) and "\n" not in str(info.value).strip()
 
@@ -238,3 +238,54 @@ def test_split_by_id_names_files_by_gid(tree, tmp_path, ldap_groups):
         assert (raw_lines(built / f"{gid}.dat.gz") == mine) if selected else not (built / f"{gid}.dat.gz").exists()
     index = [line.split("\t")[0] for line in (built / "index.txt").read_text().splitlines()[1:]]
     assert sorted(index) == ["alpha", "beta"]  # lurge's index names groups, whatever the file names
+
+
+class FlakyDirectory:
+    """A real local-directory backend whose first ``failures`` puts fail for one file (a
+    connection reset mid-upload): the upload's retry logic is what is under test."""
+
+    def __init__(self, root, failures: int, victim: str):
+        from hpcsync.agents.core.transfer import LocalRsyncBackend
+
+        self.real = LocalRsyncBackend(str(root))
+        self.failures, self.victim, self.calls = failures, victim, []
+
+    def describe(self):
+        return self.real.describe()
+
+    def put(self, items, *, timeout, cancel=None):
+        from hpcsync.agents.core.transfer import TransferOutcome
+
+        self.calls.append([i.remote_path for i in items])
+        if self.failures and any(i.remote_path.endswith(self.victim) for i in items):
+            self.failures -= 1
+            good = [i for i in items if not i.remote_path.endswith(self.victim)]
+            if good:
+                self.real.put(good, timeout=timeout, cancel=cancel)
+            bad = next(i.remote_path for i in items if i.remote_path.endswith(self.victim))
+            return TransferOutcome(ok=False, error="connection reset by peer", file_errors={bad: "connection reset"})
+        return self.real.put(items, timeout=timeout, cancel=cancel)
+
+
+def test_upload_retries_failed_files_and_sends_index_last(tmp_path):
+    from hpcsync.agents.mpistat.engine import upload_split
+
+    built = tmp_path / "built"
+    built.mkdir()
+    for name in ("alpha.dat.gz", "beta.dat.gz", "passwdfile", "groupfile", "index.txt"):
+        (built / name).write_text(name)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    flaky = FlakyDirectory(remote, failures=2, victim="beta.dat.gz")
+    assert upload_split(flaky, built, "20261130", threading.Event(), backoff=0.01) == 5
+    assert sorted(p.name for p in (remote / "20261130").iterdir()) == sorted(p.name for p in built.iterdir())
+    assert flaky.calls[1] == flaky.calls[2] == ["20261130/beta.dat.gz"]  # only the failed file again
+    assert flaky.calls[-1] == ["20261130/index.txt"]  # the finished marker goes last
+
+    remote2 = tmp_path / "remote2"
+    remote2.mkdir()
+    hopeless = FlakyDirectory(remote2, failures=99, victim="beta.dat.gz")
+    with pytest.raises(MpistatError, match="failed for 20261130/beta.dat.gz: connection reset by peer"):
+        upload_split(hopeless, built, "20261130", threading.Event(), attempts=3, backoff=0.01)
+    assert len(hopeless.calls) == 3
+    assert not (remote2 / "20261130" / "index.txt").exists()  # not finished: the next run sends it again
