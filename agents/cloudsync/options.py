@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hpcsync.agents.core import preflight
 from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.jobs import JobContext
 from hpcsync.agents.core.skeleton import AgentOptions
@@ -110,6 +111,21 @@ class CloudSyncOptions(AgentOptions):
                            multipart_threshold=self.chunk_size_mb << 20)  # fmt: skip
         return Settings(self.config_dir, self.remote, self.user, self.instance_id, self.home, self.passphrase,
                         self.max_delete, backend)  # fmt: skip
+
+    def preflight(self, args: argparse.Namespace, flight, where: str) -> None:
+        preflight.database(self.db, "--db", flight, where)
+        if not self.remote:
+            flight.add(where, "--remote: no remote given (s3://BUCKET or a directory; or set HPCSYNC_SYNC_REMOTE)")
+        elif self.remote.startswith("s3://"):
+            flight.add(where, preflight.readable_file(self.credentials_file, "--credentials-file"))
+            if self.endpoint_url:
+                flight.add(where, preflight.reachable(self.endpoint_url, "--endpoint-url"))
+        else:
+            preflight.directory(self.remote, "--remote", flight, where)
+        if self.home:  # the default target's directory (targets' own files are made by 'add')
+            preflight.directory(self.home, "--home", flight, where)
+        if self.passphrase:
+            flight.add(where, preflight.secret(self.passphrase, "--passphrase"))
 
     def build_engine(self, ctx: JobContext, database: Callable[[], Database]) -> CloudSyncEngine:
         return CloudSyncEngine(self.settings(), database, cancel=ctx.cancel, progress=ctx.progress)
