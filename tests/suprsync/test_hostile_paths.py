@@ -116,3 +116,15 @@ def test_what_a_killed_run_left_is_removed_when_the_next_one_starts(ledger, src,
     finally:
         for d in (alive, other):
             os.rmdir(d)
+
+
+def test_a_batch_leaves_the_base_directorys_own_mode_alone(ledger, src, tmp_path, destination):
+    """rsync recurses from the batch's top-level entries, never from the staging tree's root:
+    the base directory keeps the mode its owner gave it."""
+    backend, base = destination
+    base.chmod(0o750)
+    tc = tc_now()
+    ledger.add_files([(str(write(src / f"f{i}", str(i))), f"{tc}/d{i % 3}/f{i}") for i in range(9)], ARCHIVE)
+    assert make_engine(ledger, backend(owner="sync-test"), tmp_path).iterate().ok
+    assert status_of(ledger)["copied"] == 9
+    assert base.stat().st_mode & 0o7777 == 0o750
