@@ -21,7 +21,9 @@ remote side. What keeps hostile file names (spaces, newlines, quotes, leading da
   (:class:`~hpcsync.agents.core.ssh.SshOptions`).
 
 **put** sends a whole batch with one rsync: a temporary tree of symlinks laid out as the
-remote paths, sent with ``--copy-links`` (the targets, not the links) and ``--ignore-times``:
+remote paths, sent recursively from the tree's top-level entries (listing every file in
+``--files-from`` costs rsync about 1 s per 20,000 files), with ``--copy-links`` (the
+targets, not the links) and ``--ignore-times``:
 a file sent again can have the size and mtime of the copy already there, and rsync's quick
 check would skip it. **get** is one rsync pull into a staging directory, each file then
 renamed into its local path (whole or not at all); remote symlinks are not followed.
