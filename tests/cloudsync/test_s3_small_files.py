@@ -5,6 +5,7 @@ bodies, fast listing timestamps, and a stop that leaves no partial object."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import threading
 
@@ -26,7 +27,7 @@ def _backend(s3_server, tmp_path) -> tuple[S3Backend, str]:
 
 
 def test_small_and_large_files_land_whole_with_their_metadata_and_only_large_ones_wait_for_100_continue(
-    s3_server, tmp_path
+    s3_server, tmp_path, monkeypatch
 ):
     backend, bucket = _backend(s3_server, tmp_path)
     expects: dict[str, str | None] = {}
@@ -37,6 +38,15 @@ def test_small_and_large_files_land_whole_with_their_metadata_and_only_large_one
             expects[request.url.rsplit("/", 1)[-1]] = value.decode() if isinstance(value, bytes) else value
 
     backend._client.meta.events.register("before-send.s3", seen)
+    lean: dict[str, dict] = {}  # what the lean path sent (http.client; botocore goes through urllib3)
+    sending = http.client.HTTPConnection.request
+
+    def lean_sent(conn, method, url, body=None, headers=None, **kw):
+        if method == "PUT":
+            lean[url.rsplit("/", 1)[-1]] = {k.lower(): v for k, v in (headers or {}).items()}
+        return sending(conn, method, url, body, headers or {}, **kw)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "request", lean_sent)
     src = tmp_path / "src"
     src.mkdir()
     sizes = {"empty": 0, "tiny": 10, "small": EXPECT_CONTINUE_BYTES - 1, "edge": SMALL_PUT_BYTES,
@@ -53,7 +63,13 @@ def test_small_and_large_files_land_whole_with_their_metadata_and_only_large_one
         assert (stored / name).read_bytes() == (src / name).read_bytes(), name
     sums = backend.checksum([f"d/{n}" for n in sizes], "sha256", timeout=TIMEOUT)
     assert sums == {f"d/{n}": hashlib.sha256((src / n).read_bytes()).hexdigest() for n in sizes}
-    assert expects["empty"] is None and expects["tiny"] is None and expects["small"] is None
+    # bodies under the 100-continue size go the lean way (signed, sha256 in metadata, no Expect);
+    # the rest through boto3, asking for 100-continue
+    assert sorted(lean) == ["empty", "small", "tiny"] and not {"empty", "small", "tiny"} & set(expects)
+    for name, headers in lean.items():
+        assert "expect" not in headers and headers["authorization"].startswith("AWS4-HMAC-SHA256 Credential=")
+        assert headers["x-amz-meta-sha256"] == items[list(sizes).index(name)].metadata["sha256"]
+        assert headers["x-amz-content-sha256"] == items[list(sizes).index(name)].metadata["sha256"]
     assert expects["edge"] == expects["large"] == expects["big"] == "100-continue"
 
     # listing times parsed the fast way are the ones botocore's own parser gives
@@ -72,19 +88,27 @@ def test_a_stop_during_many_small_puts_sends_no_partial_object_and_raises(s3_ser
         (src / f"f{i}").write_bytes(os.urandom(20_000))
         items.append(Item(str(src / f"f{i}"), f"many/f{i}", 20_000))
     cancel = threading.Event()
-    sent = []
+    stored = s3_server.bucket_dir(bucket) / "p" / "many"
+    done = threading.Event()
 
-    def count(**kwargs):  # the operator's stop arrives after the 50th object
-        sent.append(1)
-        if len(sent) >= 50:
-            cancel.set()
+    def watch():  # the operator's stop arrives once 50 objects are on the server
+        while not done.is_set():
+            if stored.is_dir() and sum(1 for p in stored.iterdir() if not p.name.startswith(".")) >= 50:
+                cancel.set()
+                return
+            done.wait(0.002)
 
-    backend._client.meta.events.register("after-call.s3.PutObject", count)
-    with pytest.raises(CommandCancelled):
-        backend.put(items, timeout=TIMEOUT, cancel=cancel)
-    landed = list((s3_server.bucket_dir(bucket) / "p" / "many").iterdir())
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with pytest.raises(CommandCancelled):
+            backend.put(items, timeout=TIMEOUT, cancel=cancel)
+    finally:
+        done.set()
+        watcher.join()
+    landed = list(stored.iterdir())
     assert 50 <= len(landed) < len(items)  # it stopped part-way
     for path in landed:  # and whatever arrived is whole
         assert path.read_bytes() == (src / path.name).read_bytes(), path.name
     # nothing keeps arriving after the call returned
-    assert len(list((s3_server.bucket_dir(bucket) / "p" / "many").iterdir())) == len(landed)
+    assert len(list(stored.iterdir())) == len(landed)
