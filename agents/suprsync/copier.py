@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,6 +163,10 @@ class _Sent:
     full: str | None = None
 
 
+#: Files in the first batch of a copy step (see :meth:`Copier.copy_batches`).
+FIRST_BATCH = 500
+
+
 class Copier:
     """Copies batches of one archive's pending files through a :class:`Backend`.
 
@@ -190,8 +195,11 @@ class Copier:
         self._put(sent)
         return self._check(sent)
 
-    def copy_batches(self, max_seconds: float) -> list[BatchReport]:
+    def copy_batches(self, max_seconds: float, prepare: Callable[[], None] | None = None) -> list[BatchReport]:
         """Copy full batches back to back for up to ``max_seconds``, over one connection.
+
+        ``prepare`` runs on that connection before the first batch is sent, while it is
+        being hashed (the engine's clean-up after a killed run).
 
         Three stages overlap: while batch N is sent (this thread), batch N+1 is picked and
         hashed and batch N-1 is checked on the destination and recorded (two worker
@@ -201,10 +209,14 @@ class Copier:
         deadline = time.monotonic() + max_seconds
         reports: list[BatchReport] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="suprsync-copy") as pool:
-            picking = pool.submit(self._pick, None)  # overlaps the connection setup
+            # The first batch is small: nothing overlaps its hashing, sending and checking,
+            # so a full-size one would keep the pipeline empty that much longer.
+            picking = pool.submit(self._pick, None, min(self.settings.files_per_batch, FIRST_BATCH))
             checking = None
             try:
                 with self.backend.connection(cancel=self.cancel):
+                    if prepare is not None:
+                        prepare()
                     while True:
                         sent = picking.result()
                         picking = None
@@ -239,11 +251,12 @@ class Copier:
 
     # -- stage one: pick and hash; then send -------------------------------------------------------
 
-    def _pick(self, after) -> _Sent:
+    def _pick(self, after, limit: int | None = None) -> _Sent:
         s = self.settings
+        limit = limit or s.files_per_batch
         report = BatchReport(start_time=time.time())
-        tasks = self.manager.next_batch(s.archive, s.files_per_batch, after=after)
-        report.full = len(tasks) >= s.files_per_batch
+        tasks = self.manager.next_batch(s.archive, limit, after=after)
+        report.full = len(tasks) >= limit
         kept = _cap_bytes(tasks, s.max_batch_bytes)
         if len(kept) < len(tasks):
             tasks, report.full = kept, True  # the rest follows in the next batch

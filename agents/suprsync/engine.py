@@ -201,10 +201,8 @@ class SupRsyncEngine:
         if not self.manager.has_pending(self.settings.archive):
             return  # idle: not even a connection to the destination
         copier = Copier(self.manager, self.backend, self.settings.copy, cancel=self.cancel)
-        with self.backend.connection(cancel=self.cancel):  # one connection for the clean-up and the batches
-            if not self._leftovers_removed:
-                self._remove_leftovers()
-            batches = copier.copy_batches(COPY_STEP_BUDGET)
+        prepare = None if self._leftovers_removed else self._remove_leftovers
+        batches = copier.copy_batches(COPY_STEP_BUDGET, prepare=prepare)
         for batch in batches:
             report.batches.append(batch)
             self.counters["copies"] += batch.verified
