@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -78,15 +80,24 @@ def demo_settings(directory: str) -> dict[str, Any]:
             _DEMO_PORTAL.append(emulator.start())
         portal = _DEMO_PORTAL[0]
     source = os.path.join(directory, "synchrotron", "data", "mx")
+    os.makedirs(source, exist_ok=True)
     for epn, size in (("12282a", 3 << 20), ("12282b", 1 << 20), ("13001a", 2 << 20), ("14444a", 1 << 10)):
-        frames = os.path.join(source, epn, "frames")
-        if not os.path.isdir(frames):
-            os.makedirs(frames)
-            for n in range(3):
-                with open(os.path.join(frames, f"img_{n:04d}.cbf"), "wb") as fh:
-                    fh.write(os.urandom(size // 3))
-            with open(os.path.join(source, epn, ".info"), "w") as fh:
-                fh.write(f"EPN {epn}: demo beamtime\n")
+        if os.path.isdir(os.path.join(source, epn)):
+            continue
+        # Built aside and renamed into place: the demo's MxSync and EpnAlert start at the
+        # same time, and neither may see (or copy) a half-written EPN.
+        staging = tempfile.mkdtemp(prefix=f".{epn}.", dir=source)
+        os.makedirs(os.path.join(staging, "frames"))
+        for n in range(3):
+            with open(os.path.join(staging, "frames", f"img_{n:04d}.cbf"), "wb") as fh:
+                fh.write(os.urandom(size // 3))
+        with open(os.path.join(staging, ".info"), "w") as fh:
+            fh.write(f"EPN {epn}: demo beamtime\n")
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, os.path.join(source, epn))
+        except OSError:  # the other agent made it first
+            shutil.rmtree(staging, ignore_errors=True)
     return {
         "base-url": portal.url,
         "equipment": [
