@@ -414,19 +414,9 @@ class ColdFrontEmulator(HttpEmulator):
         return status, data, {"Content-Type": content_type, "Vary": "Accept", **extra}
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def api_url(self) -> str:
         """The base URL a client uses (``.../api/``)."""
         return f"{self.url}/api/"
-
-    def __enter__(self) -> ColdFrontEmulator:
-        return self if self.started else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- request entry point ---------------------------------------------------------------
 

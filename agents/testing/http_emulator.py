@@ -58,6 +58,17 @@ class HttpEmulator:
         return self._server is not None
 
     @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>`` (subclasses add their API's path)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self if self.started else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
     def port(self) -> int:
         assert self._server is not None, "emulator not started"
         return self._server.server_address[1]

@@ -217,17 +217,6 @@ class SynchrotronPortalEmulator(HttpEmulator):
             status, payload, raw = 500, {"meta": {"error_message": f"emulator error: {exc!r}"}}, False
         return status, payload if raw else json.dumps(payload).encode(), {"Content-Type": "application/json"}
 
-    @property
-    def url(self) -> str:
-        """The portal base URL a client is given (like ``https://portal.synchrotron.org.au:443``)."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> SynchrotronPortalEmulator:
-        return self if self.started else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- requests --------------------------------------------------------------------------
 
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, Any, bool]:
