@@ -44,6 +44,7 @@ import io
 import logging
 import os
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -86,6 +87,10 @@ POLL = 0.05
 SMALL_PUT_BYTES = 1 << 20
 #: Bodies from this size on ask for ``100-continue`` before they are sent (botocore: all bodies).
 EXPECT_CONTINUE_BYTES = 1 << 20
+#: Listings of the directories below a listed prefix at once (see :meth:`S3Backend.list`).
+LIST_THREADS = 4
+#: With more directories than this below a listed prefix, it is listed flat instead.
+LIST_SPLIT_MAX = 200
 
 
 class CredentialsRefused(DestinationError):
@@ -331,14 +336,16 @@ class _LeanS3:
         self.request("PUT", f"/{quote(key, safe='/~')}", body=body, headers=headers, operation="PutObject",
                      stop=stop)  # fmt: skip
 
-    def list_page(self, prefix: str, token: str | None,
-                  stop: threading.Event) -> tuple[list[tuple[str, int, str]], str | None]:  # fmt: skip
-        """One ListObjectsV2 page under ``prefix``: ``([(key, size, LastModified text)], next token)``.
-        Keys are asked for URL-encoded (XML cannot carry every byte a key may hold) and
-        decoded as botocore does."""
+    def list_page(self, prefix: str, delimiter: str, token: str | None,
+                  stop: threading.Event) -> tuple[list[tuple[str, int, str]], list[str], str | None]:  # fmt: skip
+        """One ListObjectsV2 page under ``prefix``: ``([(key, size, LastModified text)], [common
+        prefix], next token)``. Keys are asked for URL-encoded (XML cannot carry every byte a
+        key may hold) and decoded as botocore does."""
         import xml.etree.ElementTree as ET
 
         query = {"list-type": "2", "prefix": prefix, "max-keys": "1000", "encoding-type": "url"}
+        if delimiter:
+            query["delimiter"] = delimiter
         if token:
             query["continuation-token"] = token
         data = self.request("GET", "", query=query, operation="ListObjectsV2", stop=stop)
@@ -350,8 +357,11 @@ class _LeanS3:
             key = obj.findtext(f"{ns}Key") or ""
             entries.append((unquote_plus(key) if decode else key, int(obj.findtext(f"{ns}Size") or 0),
                             obj.findtext(f"{ns}LastModified") or ""))  # fmt: skip
+        prefixes = [root_prefix.findtext(f"{ns}Prefix") or "" for root_prefix in root.iterfind(f"{ns}CommonPrefixes")]
+        if decode:
+            prefixes = [unquote_plus(p) for p in prefixes]
         truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
-        return entries, (root.findtext(f"{ns}NextContinuationToken") or None) if truncated else None
+        return entries, prefixes, (root.findtext(f"{ns}NextContinuationToken") or None) if truncated else None
 
     def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None, body: bytes = b"",
                 headers: Mapping[str, str] | None = None, operation: str, stop: threading.Event) -> bytes:  # fmt: skip
@@ -377,6 +387,9 @@ class _LeanS3:
                 if not connected:
                     conn.connect()
                     conn.sock.settimeout(self.read_timeout)
+                    # headers and body leave in two sends: without this the body's last
+                    # segment waits for the headers' ACK (Nagle), a delayed ACK per request
+                    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     connected = True
                 conn.request(method, target, body=body if body or method == "PUT" else None, headers=signed)
                 resp = conn.getresponse()
@@ -630,33 +643,53 @@ class S3Backend(Backend):
     # -- operations ----------------------------------------------------------------------------
 
     def list(self, prefix="", *, timeout, cancel=None) -> list[Entry]:
+        """The files under ``prefix``: one listing by ``/`` of its top level (its files and
+        the "directories" below), then each directory listed whole, :data:`LIST_THREADS` at
+        a time (a server walks them in parallel; a cold listing of one prefix is one long
+        walk). More than :data:`LIST_SPLIT_MAX` directories: one flat listing instead."""
         if prefix:
             check_relative_paths([prefix.rstrip("/")])
         call = _Call(timeout, cancel)
         key_prefix = self._key(prefix.rstrip("/")) + "/" if prefix else (self.prefix + "/" if self.prefix else "")
+        entries, below = self._list_under(key_prefix, call, delimiter="/")
+        if len(below) > LIST_SPLIT_MAX:
+            return self._list_under(key_prefix, call)[0]
+        if below:
+            with ThreadPoolExecutor(min(LIST_THREADS, len(below)), thread_name_prefix="s3-list") as pool:
+                for part, _none in pool.map(lambda p: self._list_under(p, call), below):
+                    entries += part
+        return entries
+
+    def _list_under(self, key_prefix: str, call: _Call, delimiter: str = "") -> tuple[list[Entry], list[str]]:
+        """Every page of one listing: its files, and with ``delimiter`` its common prefixes."""
         entries: list[Entry] = []
+        below: list[str] = []
         token = None
         lean = self._lean is not None
-        stop = cancel if cancel is not None else call.stop
+        stop = call.cancel if call.cancel is not None else call.stop
         while True:
             call.check()
             if call.timed_out:
-                raise RemoteUnreachable(f"listing {self.describe()} timed out after {timeout:.0f} s")
+                raise RemoteUnreachable(f"listing {self.describe()} timed out after {call.timeout:.0f} s")
             try:
                 if lean:
                     try:
-                        page, token = self._lean.list_page(key_prefix, token, stop)
+                        page, prefixes, token = self._lean.list_page(key_prefix, delimiter, token, stop)
                     except _Redirected:
                         lean = False
                         continue
+                    below += prefixes
                     for key, size, modified in page:
                         if not key.endswith("/"):  # a "directory" marker is not a file
                             entries.append(Entry(self._rel(key), size, _parse_timestamp(modified).timestamp()))
                 else:
                     args = {"Bucket": self.bucket, "Prefix": key_prefix, "MaxKeys": 1000}
+                    if delimiter:
+                        args["Delimiter"] = delimiter
                     if token:
                         args["ContinuationToken"] = token
                     page = self._client.list_objects_v2(**args)
+                    below += [p["Prefix"] for p in page.get("CommonPrefixes", ())]
                     for obj in page.get("Contents", ()):
                         key = obj["Key"]
                         if not key.endswith("/"):
@@ -668,7 +701,7 @@ class S3Backend(Backend):
                 self._raise_destination(exc, "listing")
                 raise
             if not token:
-                return entries
+                return entries, below
 
     def put(self, items, *, timeout, cancel=None) -> TransferOutcome:
         if not items:
@@ -697,7 +730,7 @@ class S3Backend(Backend):
                 meta = {"mtime": repr(st.st_mtime)}
                 meta.update({str(k).lower(): str(v) for k, v in (item.metadata or {}).items()})
                 if self.bwlimit is None and st.st_size <= SMALL_PUT_BYTES:
-                    small.append((item, call.woken(pool.submit(self._put_small, item, meta, call))))
+                    small.append((item, call.woken(pool.submit(self._put_small, item, st.st_size, meta, call))))
                     continue
                 future = manager.upload(item.local_path, self.bucket, self._key(item.remote_path),
                                         extra_args={"Metadata": meta}, subscribers=[_Wake(call.wake)])  # fmt: skip
@@ -731,13 +764,17 @@ class S3Backend(Backend):
                 self._small_pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="s3-put")
             return self._small_pool
 
-    def _put_small(self, item, meta: dict[str, str], call: _Call) -> None:
-        """Send one small file whole with one PutObject (a stop before it starts skips it)."""
+    def _put_small(self, item, size: int, meta: dict[str, str], call: _Call) -> None:
+        """Send one small file (``size`` bytes when looked at) whole with one PutObject (a stop
+        before it starts skips it)."""
         if call.stop.is_set() or (call.cancel is not None and call.cancel.is_set()):
             raise _Stopped()
         with open(item.local_path, "rb") as f:
-            body = f.read(SMALL_PUT_BYTES + 1)
-            if len(body) > SMALL_PUT_BYTES:  # it grew since it was looked at: stream it, whole
+            # a buffer of the size expected (a 1 MiB one per file costs an mmap and munmap)
+            body = f.read(size + 1)
+            if len(body) > size:  # it grew since it was looked at
+                body += f.read(SMALL_PUT_BYTES + 1 - len(body))
+            if len(body) > SMALL_PUT_BYTES:  # it grew past the limit: stream it, whole
                 f.seek(0)
                 body = f
             elif self._lean is not None and len(body) < EXPECT_CONTINUE_BYTES and self._lean.plain_metadata(meta):
