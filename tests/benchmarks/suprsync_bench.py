@@ -3,7 +3,8 @@
 1. 5,000 files of 4 KiB registered, copied and verified over ssh on loopback by the
    SupRsync engine (the code the agent's ``run`` process drives), against a baseline
    measured in the same run: one bare ``rsync -a`` of the same tree plus one remote
-   ``md5sum`` of every file. Prints files/s for both and the ratio (target: <= 1.5).
+   ``md5sum`` of every file. Prints files/s for both and the ratio (target: <= 1.3), with
+   and without registration (the producer's cost, paid as each file is written).
 2. The cost of an idle loop iteration (nothing to copy, deletion enabled, timecode dirs
    checked, archive stats) over a ledger of 1,000,000 copied files.
 
@@ -187,8 +188,13 @@ def main() -> int:
         print(f"suprsync register+copy+verify: {o:.2f} s = {args.files / o:.0f} files/s "
               f"(registration alone {min(regs) * 1000:.0f} ms = {args.files / min(regs):.0f} files/s)")  # fmt: skip
         ratios = sorted(x / y for x, y in zip(ours, base_times, strict=True))
-        print(f"ratio suprsync / bare: {o / b:.2f} best against best (target <= 1.5); "
+        print(f"ratio suprsync / bare: {o / b:.2f} best against best (target <= 1.3); "
               f"per round: median {statistics.median(ratios):.2f}, worst {ratios[-1]:.2f}")  # fmt: skip
+        # Registration is the producer's cost, paid as each file is written; the agent's own
+        # work is the copy and the verification.
+        copy_only = sorted((x - g) / y for x, g, y in zip(ours, regs, base_times, strict=True))
+        print(f"ratio copy+verify alone / bare: median {statistics.median(copy_only):.2f}, "
+              f"best {copy_only[0]:.2f}, worst {copy_only[-1]:.2f}")  # fmt: skip
 
         if args.rows:
             ledger = work / "million.db"
