@@ -51,7 +51,7 @@ BLOCK_SIZE = 4 << 20
 #: Blocks decompressed ahead of the parser.
 QUEUE_DEPTH = 2
 #: Compressed bytes read per call.
-READ_SIZE = 1 << 20
+READ_SIZE = 256 << 10
 #: Malformed lines whose number and kind are kept (all are counted).
 KEEP_BAD_LINES = 20
 
@@ -504,18 +504,32 @@ VALIDATE = ("all", "used")
 class BlockParser:
     """Parses blocks of one file into columns, accounting for malformed lines.
 
-    :meth:`read` (polars' CSV parser, in the reader's parse thread) reads one column more
-    than the format has, so a line with too many fields shows there; :meth:`finish` (in
-    the consumer) flags rows with a bad path, a non-integer or missing field, an unknown
-    type or that extra field. Only a block with flagged rows is split into lines, to
-    classify those rows exactly; a block that is not UTF-8 is checked line by line.
+    :meth:`read` runs in the reader's parse thread. It first tries the *clean* path, one
+    polars query per block that parses and checks at once: the numeric fields strictly
+    (a value that is not an integer fails the query), the type as an enum of
+    :data:`TYPES` (an unknown letter fails it), one column more than the format has (set
+    only on a line with too many fields), and a ``_bad`` flag for a missing field, an
+    empty or undecodable path or that extra field; it hands back only the ``keep``
+    columns, so the others are dropped as they are parsed. A block that fails the query
+    or has a flagged row takes the *tolerant* path: parsed again with every bad value
+    read as null, then :meth:`finish` (in the consumer) flags the rows, splits the block
+    into lines and classifies each flagged row exactly; a block that is not UTF-8 is
+    checked line by line. Both paths check the same things, so a block has the same
+    good rows and bad lines whichever path it takes; the tolerant one only costs more.
 
     With ``fields`` (``validate="used"``) only those columns, the last one (a short line
     leaves it empty) and the extra one are parsed and checked: a bad value in a field the
     job does not read is then not noticed, as in lurge, and the parse costs less.
     """
 
-    def __init__(self, name: str, fmt: DumpFormat, bad: BadLines, fields: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        name: str,
+        fmt: DumpFormat,
+        bad: BadLines,
+        fields: tuple[str, ...] | None = None,
+        keep: tuple[str, ...] | None = None,
+    ):
         self.name = name
         self.fmt = fmt
         self.bad = bad
@@ -525,21 +539,61 @@ class BlockParser:
         else:
             wanted = set(fields) | {fmt.names[-1]}
             self.columns = tuple(c for c in fmt.names if c in wanted)
+        #: the columns handed to the consumer (default: every column checked)
+        self.keep = tuple(c for c in self.columns if c in keep) if keep else self.columns
         problems = _problems(fmt, self.columns)
         self._kind_names = [kind for kind, _ in problems]
         self._check = (pl.any_horizontal([expr for _, expr in problems]) | pl.col("_extra").is_not_null()).alias("_bad")
         self._kinds = [expr.alias(kind) for kind, expr in problems]
         self._fields = None if fields is None else [*self.columns, "_extra"]
+        # the clean path: numbers parsed strictly, the type as an enum (both fail the
+        # query on a bad value), so only missing fields, the path and the extra field
+        # are left to flag
+        self._clean_schema = {**fmt.schema, "type": pl.Enum(TYPES), "_extra": pl.String}
+        flags = [pl.col(c).is_null() for c in self.columns] + [pl.col("_extra").is_not_null()]
+        if "path" in self.columns:  # (an empty field is null, flagged above)
+            flags.append(pl.col("path").str.decode("base64", strict=False).is_null() if fmt.encoding == BASE64
+                         else ~_path_ok(fmt))  # fmt: skip
+        self._clean_select = [pl.col(c).cast(pl.String) if c == "type" else pl.col(c) for c in self.keep]
+        self._clean_select.append(pl.any_horizontal(flags).fill_null(True).alias("_bad"))
 
-    def read(self, block: Block) -> pl.DataFrame | None:
+    def _read_clean(self, data: bytes) -> pl.DataFrame | None:
+        """The good rows of a block with no bad line in the checked columns, else None."""
+        frame = pl.scan_csv(data, separator="\t", has_header=False, schema=self._clean_schema, quote_char=None,
+                            truncate_ragged_lines=True, missing_columns="insert")  # fmt: skip
         try:
-            return _read_columns(block.data, self.fmt, extra=True, fields=self._fields)
-        except pl.exceptions.ComputeError:  # not UTF-8 somewhere: line by line in finish()
+            df = frame.select(self._clean_select).collect()
+        except pl.exceptions.PolarsError:  # a bad value or not UTF-8: the tolerant path says which
             return None
+        if df.height == 0 or df["_bad"].any():
+            return None
+        return df.drop("_bad")
 
-    def finish(self, block: Block, df: pl.DataFrame | None, want_lines: bool) -> tuple[pl.DataFrame, list[bytes], int]:
+    def read(self, block: Block) -> tuple[bool, pl.DataFrame | None]:
+        """``(True, good rows)`` for a clean block, else ``(False, columns read
+        tolerantly)`` (``None`` if the block is not UTF-8) for :meth:`finish`."""
+        clean = self._read_clean(block.data)
+        if clean is not None:
+            return True, clean
+        try:
+            return False, _read_columns(block.data, self.fmt, extra=True, fields=self._fields)
+        except pl.exceptions.ComputeError:  # not UTF-8 somewhere: line by line in finish()
+            return False, None
+
+    def finish(
+        self, block: Block, parsed: tuple[bool, pl.DataFrame | None], want_lines: bool
+    ) -> tuple[pl.DataFrame, list[bytes], int]:
         """``(good rows, their raw lines if wanted, lines in the block)``; bad lines are
         recorded with their numbers (``block.first_line`` is the block's first)."""
+        clean, df = parsed
+        if clean:
+            return df, (block.data.split(b"\n")[:-1] if want_lines else []), df.height
+        good, kept, count = self._finish_tolerant(block, df, want_lines)
+        return (good if good.columns == list(self.keep) else good.select(self.keep)), kept, count
+
+    def _finish_tolerant(
+        self, block: Block, df: pl.DataFrame | None, want_lines: bool
+    ) -> tuple[pl.DataFrame, list[bytes], int]:
         if df is not None:
             flags = df.select(self._check).to_series()
             if not flags.any():
@@ -633,16 +687,18 @@ def scan(
     block_size: int = BLOCK_SIZE,
     fmt: DumpFormat | None = None,
     fields: tuple[str, ...] | None = None,
+    keep: tuple[str, ...] | None = None,
 ) -> Iterator[tuple[DumpFormat, pl.DataFrame, list[bytes]]]:
     """Every good row of ``path``, block by block: ``(format, columns, raw lines)`` (raw
     lines only ``with_lines``). Malformed lines go to ``bad``. ``fields``: parse and check
-    only these (see :class:`BlockParser`); default every field.
+    only these (see :class:`BlockParser`); default every field. ``keep``: the columns
+    handed back (default: every column checked); the others are checked and dropped.
 
-    Three threads work at once: one inflates, one parses blocks into columns (polars
-    releases the GIL), and the caller's checks and grouping run here."""
+    Three threads work at once: one inflates, one parses and checks blocks (polars
+    releases the GIL), and the caller's grouping runs here."""
     name = str(path)
     fmt = fmt or detect_format(head_lines(path), name)
-    parser = BlockParser(name, fmt, bad, fields)
+    parser = BlockParser(name, fmt, bad, fields, keep)
     progress = FileProgress(name, compressed_size=os.path.getsize(path))
 
     def parsed(stop: threading.Event):

@@ -262,8 +262,10 @@ def inspect_dump(
     validate: str = "all",
 ) -> list[DirectoryRow]:
     inspection = Inspection(roots, depth, directory)
-    fields = ("path", "size", "gid", "mtime", "type", "nlink") if validate == "used" else None
-    for fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block, fields=fields):
+    used = ("path", "size", "gid", "mtime", "type", "nlink")
+    for fmt, df, _ in scan(
+        path, bad, cancel=cancel, on_block=on_block, fields=used if validate == "used" else None, keep=used
+    ):
         inspection.add(df, fmt.encoding)
     return inspection.rows(reference_time)
 

@@ -84,7 +84,9 @@ def aggregate_volume(
     parts: list[pl.DataFrame] = []
     lines = 0
     fields = REPORT_FIELDS if validate == "used" else None
-    for _fmt, df, _ in scan(path, bad, cancel=cancel, on_block=on_block, block_size=block_size, fields=fields):
+    for _fmt, df, _ in scan(
+        path, bad, cancel=cancel, on_block=on_block, block_size=block_size, fields=fields, keep=REPORT_FIELDS
+    ):
         lines += df.height
         if df.height:
             parts.append(_block_totals(df.select("gid", "size", "nlink", "mtime"), ref))

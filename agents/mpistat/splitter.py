@@ -153,9 +153,12 @@ def split_dumps(
     prefixes = [p.encode() for p in path_prefixes]
     result = SplitResult(out_dir)
     writers = _Writers(out_dir)
-    fields = ((("path",) if prefixes else ()) + ("gid", "type")) if validate == "used" else None
+    used = (("path",) if prefixes else ()) + ("gid", "type")
+    fields = used if validate == "used" else None
     for path in paths:
-        for fmt, df, lines in scan(path, bad, cancel=cancel, with_lines=True, on_block=on_block, fields=fields):
+        for fmt, df, lines in scan(
+            path, bad, cancel=cancel, with_lines=True, on_block=on_block, fields=fields, keep=used
+        ):
             result.lines_read += df.height
             if not df.height:
                 continue

@@ -135,3 +135,58 @@ def test_validate_used_checks_only_what_the_report_reads(tree, tmp_path):
         expected[5001]["entries"] += 2
         got = {g: {"used": u.used, "mtime": u.mtime, "entries": u.entries} for g, u in usage.gids.items()}
         assert got == expected
+
+
+GOOD_LINE = b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9"
+#: one bad line each: the kind the tolerant path gives it, and whether the report's
+#: ``validate="used"`` sees it (a field it reads, the column count, or not UTF-8 at all)
+EDGE_LINES = [
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t7\t1", dump.WRONG_COLUMNS, True),  # short: the last field missing
+    (GOOD_LINE + b"\t12", dump.WRONG_COLUMNS, True),  # long
+    (b"", dump.WRONG_COLUMNS, True),  # blank
+    (b"!!!!\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),
+    (b"L2F=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # stray low bits in the last character
+    (b"L2E\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # not a multiple of 4
+    (b"\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # empty
+    (b"L2\xffE=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, True),  # not UTF-8
+    (b"L2E=\t1\tx\t5001\t4\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, False),  # uid
+    (b"L2E=\t1\t0\t5001\t4.0\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, False),  # atime
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t-7\t1\t9", dump.NOT_INTEGER, False),  # a negative inode
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t99999999999999999999\t1\t9", dump.NOT_INTEGER, False),  # > 64 bits
+    (b"L2E=\t1\t0\t5001\t\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, False),  # empty atime
+    (b"L2E=\t1x\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, True),  # size
+    (b"L2E=\t1\t0\t5001\t4\t\t6\tf\t7\t1\t9", dump.NOT_INTEGER, True),  # empty mtime
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t7\t-1\t9", dump.NOT_INTEGER, True),  # a negative nlink
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tQ\t7\t1\t9", dump.BAD_TYPE, False),
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\tff\t7\t1\t9", dump.BAD_TYPE, False),
+    (b"L2E=\t1\t0\t5001\t4\t5\t6\t\t7\t1\t9", dump.BAD_TYPE, False),  # empty
+]
+
+
+@pytest.mark.parametrize("validate", ["all", "used"])
+def test_the_one_query_path_takes_only_blocks_without_a_bad_line(validate):
+    """A block is taken by the one-query clean path (strict numbers, the type as an enum,
+    the checks and projection in the same query) only when none of its lines is bad: each
+    bad line sends its block to the tolerant path, which names it as before. Under
+    ``used`` a bad value in a field the report does not read is not bad."""
+    from hpcsync.agents.mpistat.report import REPORT_FIELDS
+
+    fmt = dump.DumpFormat(dump.BASE64, 11)
+    fields = REPORT_FIELDS if validate == "used" else None
+    clean = dump.BlockParser("d", fmt, dump.BadLines(), fields, keep=REPORT_FIELDS)
+    df = clean._read_clean(GOOD_LINE + b"\n" + GOOD_LINE + b"\n")
+    assert df is not None and df.columns == list(REPORT_FIELDS) and df.rows() == [(1, 5001, 5, 1)] * 2
+    for line, kind, seen_by_used in EDGE_LINES:
+        data = b"\n".join([GOOD_LINE, GOOD_LINE, line, GOOD_LINE]) + b"\n"
+        bad = dump.BadLines()
+        parser = dump.BlockParser("d", fmt, bad, fields, keep=REPORT_FIELDS)
+        block = dump.Block(data, 0, first_line=10)
+        good, _, count = parser.finish(block, parser.read(block), False)
+        assert count == 4, line
+        assert good.columns == list(REPORT_FIELDS)
+        if validate == "all" or seen_by_used:
+            assert parser._read_clean(data) is None, line
+            assert [(n, k) for _, n, k in bad.first] == [(12, kind)], line
+            assert good.height == 3
+        else:
+            assert bad.total == 0 and good.height == 4, line
