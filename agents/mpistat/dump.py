@@ -16,11 +16,13 @@ A dump is one line per filesystem entry, tab-separated, no header (see the docs 
 The path encoding and the column count are detected per file from its first lines. The
 file (gzip, possibly several concatenated members, or plain text) is decompressed in a
 background thread (python-isal when installed, else zlib; both release the GIL) into
-blocks of whole lines, and each block is parsed into columns by polars. A malformed line
-(wrong column count, undecodable path, non-integer numeric field, unknown type) is counted
-by kind, its line number kept (the first :data:`KEEP_BAD_LINES`), and skipped.
+blocks of whole lines, and each block is parsed and checked by polars in one of
+:data:`PARSE_WORKERS` threads (see :class:`BlockParser`). A malformed line (wrong column
+count, undecodable path, non-integer numeric field, unknown type) is counted by kind, its
+line number kept (the first :data:`KEEP_BAD_LINES`), and skipped.
 
-Memory is bounded by the block size times the queue depth, whatever the file's size.
+Memory is bounded by the block size times the blocks in flight (the queue depths and
+the parse workers), whatever the file's size.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import queue
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +54,8 @@ except ImportError:  # pragma: no cover - isal is optional
 BLOCK_SIZE = 4 << 20
 #: Blocks decompressed ahead of the parser.
 QUEUE_DEPTH = 2
+#: Blocks parsed at once (each by its own thread).
+PARSE_WORKERS = 2
 #: Compressed bytes read per call.
 READ_SIZE = 256 << 10
 #: Malformed lines whose number and kind are kept (all are counted).
@@ -694,16 +700,26 @@ def scan(
     only these (see :class:`BlockParser`); default every field. ``keep``: the columns
     handed back (default: every column checked); the others are checked and dropped.
 
-    Three threads work at once: one inflates, one parses and checks blocks (polars
-    releases the GIL), and the caller's grouping runs here."""
+    One thread inflates, :data:`PARSE_WORKERS` threads parse and check blocks (polars
+    releases the GIL; the blocks are handed on in order), and the caller's grouping runs
+    here."""
     name = str(path)
     fmt = fmt or detect_format(head_lines(path), name)
     parser = BlockParser(name, fmt, bad, fields, keep)
     progress = FileProgress(name, compressed_size=os.path.getsize(path))
 
     def parsed(stop: threading.Event):
-        for block in iter_blocks(path, block_size=block_size, cancel=stop):
-            yield block, parser.read(block)
+        # blocks are parsed PARSE_WORKERS at a time (polars releases the GIL), handed on in order
+        with ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="mpistat-parse") as pool:
+            pending: deque = deque()
+            for block in iter_blocks(path, block_size=block_size, cancel=stop):
+                pending.append((block, pool.submit(parser.read, block)))
+                if len(pending) > PARSE_WORKERS:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
 
     line = 1
     for block, df in threaded(parsed, cancel, name="mpistat-parse"):
