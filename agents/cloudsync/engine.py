@@ -24,6 +24,7 @@ local extras unless ``delete`` is asked, and recreates empty directories.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import grp
@@ -59,6 +60,8 @@ BLOCK = 1 << 20
 BATCH_FILES = 200
 BATCH_BYTES = 256 << 20
 HASH_WORKERS = 4
+#: batches under way at once in a push
+SEND_AHEAD = 4
 TIMEOUT = 6 * 3600
 LIST_LIMIT = 20
 
@@ -492,40 +495,66 @@ class CloudSyncEngine:
 
     def _send(self, target: Target, scan: Scan, to_send: list[str], key, new_files: dict, report: Report,
               started: float) -> None:  # fmt: skip
+        """Send ``to_send`` in batches, :data:`SEND_AHEAD` of them under way at once (the next
+        batch's small files go while the last one's large files finish), each recorded in
+        ``new_files`` as it ends, in order. A stop sends no further batch; of those under
+        way, what the backend says reached the remote whole is recorded."""
         total_bytes = sum(scan.files[r].size for r in to_send)
         tmpdir = tempfile.mkdtemp(prefix="hpcsync-cloudsync-")  # 0700: encrypted copies only
+        under_way: collections.deque = collections.deque()
+
+        def progress(current: str) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            self.progress(activity="sending", files_done=report.files_sent, files_total=len(to_send),
+                          bytes_done=report.bytes_sent, bytes_total=total_bytes,
+                          rate=round(report.bytes_sent / elapsed), current=current)  # fmt: skip
+
+        def settle() -> None:
+            batch, items, future = under_way.popleft()
+            try:
+                outcome = future.result()
+            except CommandCancelled as exc:  # stopped mid-batch: what reached the remote counts
+                landed = set(getattr(exc, "sent", ()))
+                self._account(target, scan, [i for i in items if i[1].remote_path in landed], None, key, new_files,
+                              report)  # fmt: skip
+                return
+            self._account(target, scan, items, outcome, key, new_files, report)
+            progress(batch[-1])
+
         try:
-            batch: list[str] = []
-            size = 0
-            for n, rel in enumerate(to_send):
-                batch.append(rel)
-                size += scan.files[rel].size
-                if len(batch) >= BATCH_FILES or size >= BATCH_BYTES or n == len(to_send) - 1:
+            # on an error the batches still under way end first: the pool waits for them
+            with ThreadPoolExecutor(SEND_AHEAD, thread_name_prefix="cloudsync-send") as pool:
+                batch: list[str] = []
+                size = 0
+                for n, rel in enumerate(to_send):
+                    batch.append(rel)
+                    size += scan.files[rel].size
+                    if len(batch) < BATCH_FILES and size < BATCH_BYTES and n < len(to_send) - 1:
+                        continue
                     if self.cancel.is_set():
-                        return
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    self.progress(activity="sending", files_done=report.files_sent, files_total=len(to_send),
-                                  bytes_done=report.bytes_sent, bytes_total=total_bytes,
-                                  rate=round(report.bytes_sent / elapsed), current=batch[0])  # fmt: skip
-                    try:
-                        self._send_batch(target, scan, batch, key, new_files, report, tmpdir)
-                    except CommandCancelled:  # stopped mid-batch: what earlier batches sent counts
-                        return
-                    elapsed = max(time.monotonic() - started, 1e-6)
-                    self.progress(activity="sending", files_done=report.files_sent, files_total=len(to_send),
-                                  bytes_done=report.bytes_sent, bytes_total=total_bytes,
-                                  rate=round(report.bytes_sent / elapsed), current=batch[-1])  # fmt: skip
+                        break
+                    progress(batch[0])
+                    items = self._prepare(target, scan, batch, key, report, tmpdir, n)
+                    future = pool.submit(self.backend.put, [i for _r, i, _s in items], timeout=TIMEOUT,
+                                         cancel=self.cancel)  # fmt: skip
+                    under_way.append((batch, items, future))
+                    if len(under_way) >= SEND_AHEAD:
+                        settle()
                     batch, size = [], 0
+                while under_way:
+                    settle()
         finally:
             shutil.rmtree(tmpdir, ignore_errors=True)
 
-    def _send_batch(self, target, scan, batch, key, new_files, report, tmpdir) -> None:
+    def _prepare(self, target, scan, batch, key, report, tmpdir, tag) -> list[tuple[str, Item, int]]:
+        """``(path, backend item, stored size)`` of each file of ``batch`` (encrypted ones into
+        ``tmpdir``, named apart per batch: two batches may be under way)."""
         items = []
         for rel in batch:
             info = scan.files[rel]
             src = os.path.join(target.local_dir, rel)
             if info.enc:
-                tmp = os.path.join(tmpdir, f"{len(items)}.enc")
+                tmp = os.path.join(tmpdir, f"{tag}.{len(items)}.enc")
                 try:
                     with open(src, "rb") as fin, open(tmp, "wb") as fout:
                         stored = key.encrypt_file(fin, fout, rel)
@@ -537,13 +566,17 @@ class CloudSyncEngine:
             else:
                 meta = {"sha256": info.sha256}
                 items.append((rel, Item(src, f"{target.name}/{rel}", info.size, meta), info.size))
-        outcome = self.backend.put([i for _r, i, _s in items], timeout=TIMEOUT, cancel=self.cancel)
-        failed = {**outcome.skipped, **outcome.file_errors}
+        return items
+
+    def _account(self, target, scan, items, outcome, key, new_files, report) -> None:
+        """Record in ``new_files`` and ``report`` the files of a batch the backend sent
+        (``outcome`` None: ``items`` are those a stopped batch had sent whole)."""
+        failed = {**outcome.skipped, **outcome.file_errors} if outcome is not None else {}
         for rel, item, stored in items:
             if item.remote_path in failed:
                 report.problems[rel] = f"not sent: {failed[item.remote_path]}"
                 continue
-            if outcome.timed_out and not outcome.file_errors and not outcome.ok:
+            if outcome is not None and outcome.timed_out and not outcome.file_errors and not outcome.ok:
                 report.problems[rel] = "not sent: timed out"
                 continue
             info = scan.files[rel]
@@ -559,7 +592,7 @@ class CloudSyncEngine:
             new_files[rel] = entry
             report.files_sent += 1
             report.bytes_sent += info.size
-        if outcome.ok is False and outcome.file_errors == {} and outcome.skipped == {} and outcome.error:
+        if outcome is not None and not outcome.ok and not outcome.file_errors and not outcome.skipped and outcome.error:
             log.warning("batch to %s: %s", self.backend.describe(), outcome.error)
 
     def _drop_legacy_dat(self, name: str, report: Report) -> None:

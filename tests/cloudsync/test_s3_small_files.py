@@ -101,7 +101,7 @@ def test_a_stop_during_many_small_puts_sends_no_partial_object_and_raises(s3_ser
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        with pytest.raises(CommandCancelled):
+        with pytest.raises(CommandCancelled) as info:
             backend.put(items, timeout=TIMEOUT, cancel=cancel)
     finally:
         done.set()
@@ -110,5 +110,7 @@ def test_a_stop_during_many_small_puts_sends_no_partial_object_and_raises(s3_ser
     assert 50 <= len(landed) < len(items)  # it stopped part-way
     for path in landed:  # and whatever arrived is whole
         assert path.read_bytes() == (src / path.name).read_bytes(), path.name
+    # the stop says which objects reached the server whole (a caller records them)
+    assert sorted(info.value.sent) == sorted(f"many/{p.name}" for p in landed)
     # nothing keeps arriving after the call returned
     assert len(list(stored.iterdir())) == len(landed)

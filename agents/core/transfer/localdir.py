@@ -180,6 +180,7 @@ class LocalDirBackend(Backend):
         budget = _Budget(timeout, cancel, self.rate)
         outcome = TransferOutcome(ok=True)
         verb = "fetch" if pull else "send to"
+        done: list[str] = []
         for item in items:
             why = unsafe_relative_path(item.remote_path)
             if why:
@@ -198,6 +199,10 @@ class LocalDirBackend(Backend):
                     _copy(src, dst, budget, src_nofollow=True)
                 else:
                     _copy(item.local_path, self._dest(item.remote_path, base_real), budget)
+                done.append(item.remote_path)
+            except CommandCancelled as exc:
+                exc.sent = done  # type: ignore[attr-defined]  # what was copied whole before the stop
+                raise
             except TimeoutError:
                 outcome.ok, outcome.timed_out = False, True
                 outcome.error = f"copying to or from {self.basedir} timed out after {timeout:.0f} s"

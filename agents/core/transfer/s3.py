@@ -714,6 +714,7 @@ class S3Backend(Backend):
         limiter = _Limiter(self.bwlimit, call.stop)
         futures = []
         small = []
+        stopped: CommandCancelled | None = None
         manager = self._manager(limiter)
         pool = self._pool()
         try:
@@ -735,7 +736,10 @@ class S3Backend(Backend):
                 future = manager.upload(item.local_path, self.bucket, self._key(item.remote_path),
                                         extra_args={"Metadata": meta}, subscribers=[_Wake(call.wake)])  # fmt: skip
                 futures.append((item, future))
-            call.wait_all([f for _i, f in futures + small], on_stop=call.stop.set)
+            try:
+                call.wait_all([f for _i, f in futures + small], on_stop=call.stop.set)
+            except CommandCancelled as exc:
+                stopped = exc
         finally:
             # Unfinished transfers stop here: readers raise, multipart uploads are aborted;
             # small files not yet started are not sent, those under way end first.
@@ -744,8 +748,12 @@ class S3Backend(Backend):
                     f.cancel()
             concurrent.futures.wait([f for _i, f in small])
             _shutdown(manager, [f for _i, f in futures], cancel=call.stop.is_set())
-        if call.cancel is not None and call.cancel.is_set():
-            raise CommandCancelled("stopped on request")
+        if stopped is None and call.cancel is not None and call.cancel.is_set():
+            stopped = CommandCancelled("stopped on request")
+        if stopped is not None:
+            # what reached the remote whole before the stop (the caller may record it)
+            stopped.sent = [i.remote_path for i, f in futures + small if _landed(f)]  # type: ignore[attr-defined]
+            raise stopped
         futures += [(item, f) for item, f in small if not f.cancelled()]
         for item, f in small:
             if f.cancelled():
@@ -1073,6 +1081,17 @@ def _expect_continue_for_large_bodies(model, params, **kwargs) -> None:
     size = determine_content_length(params["body"])
     if size is None or size >= EXPECT_CONTINUE_BYTES:
         params["headers"]["Expect"] = "100-continue"
+
+
+def _landed(future) -> bool:
+    """Whether a finished upload's future (concurrent.futures' or s3transfer's) succeeded."""
+    if not future.done():
+        return False
+    try:
+        future.result()
+    except BaseException:  # cancelled, stopped or failed
+        return False
+    return True
 
 
 def _shutdown(manager, futures, *, cancel: bool) -> None:
