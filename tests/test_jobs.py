@@ -188,3 +188,19 @@ def test_a_process_repeats_skips_a_busy_cycle_publishes_feeds_and_stops_at_once(
     assert not thread.is_alive() and out["reply"] == (True, "loop stopped")
     assert session.data["activity"] == "stopped" and len(cycles) == 1
     assert [r.operation for r in recent_runs(db, "unit")] == ["loop"]
+
+
+def test_a_refused_request_fails_the_op_without_degrading_the_agent(db):
+    from hpcsync.agents.core.errors import Refused
+
+    runner = make_runner(db)
+    session = FakeSession("push")
+
+    def already_done(ctx):
+        raise Refused("a report for 2026-12-01 is already stored (pass replace=True to replace it)")
+
+    ok, message = runner.run(session, already_done)
+    assert (ok, message) == (False, "push refused: a report for 2026-12-01 is already stored "
+                                    "(pass replace=True to replace it)")  # fmt: skip
+    assert session.degraded is False and session.data["activity"] == "refused"
+    assert "last_error" not in session.data

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """An agent's configuration (arguments, profile file) is wrong."""
 
 
+class Refused(ConfigError):
+    """The job was asked for something it refuses to do as asked (a report for a date already
+    stored without ``replace``): the op fails with this message, but nothing is wrong with
+    the agent, so it is not marked degraded."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ApiError,
     CommandError,

@@ -36,7 +36,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from hpcsync.db.runs import record_run
 
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, Refused
 from .opstate import OpState
 
 log = logging.getLogger("hpcsync.jobs")
@@ -325,6 +325,10 @@ class JobRunner:
                 "and their outcomes are recorded"
             )
         report, error = result()
+        if isinstance(error, Refused):
+            message = f"{spec.name} refused: {error}"
+            state.update(activity="refused", refused=message)
+            return False, message
         if report is None:
             message = f"{spec.name} failed: {error}"
             state.update(activity="failed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcsync.agents.core.errors import ConfigError
+from hpcsync.agents.core.errors import ConfigError, Refused
 
 from .dump import DumpError  # an OSError, so the reader needs no import of the agent core
 
@@ -17,5 +17,6 @@ class LdapError(MpistatError):
     """The LDAP server could not be reached or refused the searches."""
 
 
-class AlreadyDone(MpistatError):
-    """A report, inspection or split for this date exists and ``replace`` was not given."""
+class AlreadyDone(MpistatError, Refused):
+    """A report, inspection or split for this date exists and ``replace`` was not given
+    (refused by name: the op fails, the agent is not degraded)."""

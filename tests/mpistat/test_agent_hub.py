@@ -68,7 +68,9 @@ def test_report_status_split_through_the_hub(agent, hub, ldap_groups):
 
     again = client.report()
     assert again.session["success"] is False
-    assert f"a report for {date.isoformat()} is already stored" in again.session["data"]["last_error"]["message"]
+    # Refused by name, not broken: the op fails, says why, and the agent is not degraded.
+    assert f"a report for {date.isoformat()} is already stored" in again.session["data"]["refused"]
+    assert again.session["degraded"] is False
     assert client.status().session["data"]["report_pending"] is False
 
     split = client.split()
