@@ -353,6 +353,106 @@ def test_s3_credentials_from_file_profile_or_environment_and_a_wrong_secret_fail
 
 
 @pytest.mark.integration
+def test_s3_small_puts_the_lean_way_fail_clearly_on_a_wrong_secret(s3_server, tmp_path):
+    """A small file goes without botocore's request machinery (see the S3 module), and its
+    errors are the same: a refused signature is CredentialsRefused, naming no secret."""
+    bucket = s3_server.make_bucket()
+    (tmp_path / "f").write_text("f")
+    good = _s3(s3_server, bucket, credentials_file=str(s3_server.credentials_file(tmp_path / "creds")))
+    bad = _s3(s3_server, bucket, credentials_file=str(s3_server.credentials_file(tmp_path / "bad", secret_key="nope")))
+    assert good._lean is not None and bad._lean is not None
+    good.check_access()  # the bucket is there: what follows fails on the lean request itself
+    bad._bucket_ok = True
+    with pytest.raises(CredentialsRefused, match="refused the credentials.*SignatureDoesNotMatch") as info:
+        bad.put([Item(str(tmp_path / "f"), "b")], timeout=TIMEOUT)
+    assert "nope" not in str(info.value) and s3_server.secret_key not in str(info.value)
+    assert bad._lean.requests_made == 1  # a refusal is not tried again
+    assert not (s3_server.bucket_dir(bucket) / "p" / "b").exists()
+
+
+class _FlakyS3(threading.Thread):
+    """A stand-in S3 endpoint on loopback (no signature check) that answers PutObject with
+    the statuses it is given, in turn, then 200; with ``drop_after_ok`` it closes a
+    keep-alive connection after each success without saying so, as idle servers do."""
+
+    def __init__(self, statuses: list[int], drop_after_ok: bool = False):
+        import http.server
+
+        super().__init__(daemon=True)
+        self.statuses, self.drop_after_ok, self.puts, self.connections = list(statuses), drop_after_ok, [], 0
+        flaky = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                super().setup()
+                flaky.connections += 1
+
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # the backend's one access check: an empty listing
+                self._answer(200, b"<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>")
+
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = flaky.statuses.pop(0) if flaky.statuses else 200
+                flaky.puts.append((self.path, status, body, self.headers.get("Authorization", "")))
+                if status == 200:
+                    self._answer(200, b"")
+                    self.close_connection = flaky.drop_after_ok
+                else:
+                    self._answer(status, b"<Error><Code>SlowDown</Code><Message>Reduce your rate</Message></Error>")
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self):
+        self.server.serve_forever(poll_interval=0.05)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("statuses, drop, tries", [([503, 500], False, 3), ([], True, 1), ([503] * 9, False, 3)])
+def test_s3_lean_puts_retry_5xx_and_a_dropped_keep_alive_connection(tmp_path, statuses, drop, tries):
+    server = _FlakyS3(statuses, drop_after_ok=drop)
+    server.start()
+    try:
+        creds = tmp_path / "creds"
+        creds.write_text("[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = not-shown\n")
+        backend = S3Backend("s3://bkt/p", endpoint_url=server.endpoint, region="us-east-1",
+                            credentials_file=str(creds), retries=tries, concurrency=1)  # fmt: skip
+        for name in ("a b", "c"):
+            (tmp_path / name).write_bytes(name.encode() * 100)
+        outcome = backend.put([Item(str(tmp_path / "a b"), "d/a b", metadata={"sha256": "0" * 64})],
+                              timeout=TIMEOUT)  # fmt: skip
+        if len(statuses) >= tries:  # kept failing: the server's code, after every try
+            assert not outcome.ok and outcome.file_errors == {"d/a b": "SlowDown: Reduce your rate"}, outcome
+            assert len(server.puts) == tries
+            return
+        assert outcome.ok, outcome
+        assert [s for _p, s, _b, _a in server.puts] == [*statuses, 200]
+        path, _status, body, auth = server.puts[-1]
+        assert path == "/bkt/p/d/a%20b" and body == b"a b" * 100
+        assert auth.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/") and "not-shown" not in auth
+        # a second file on the kept connection; when the server had dropped it, one free try on a new
+        # one (plus the connection of boto3's access check, made once)
+        assert backend.put([Item(str(tmp_path / "c"), "c")], timeout=TIMEOUT).ok
+        assert server.puts[-1][2] == b"c" * 100 and server.connections == (3 if drop else 2)
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
 def test_s3_unreachable_endpoint_is_one_clear_error(s3_server, tmp_path):
     from services import free_port
 
