@@ -7,8 +7,9 @@ a reference implementation of :class:`~.base.Backend`:
 - **put/get** copy each file to a temporary name next to its destination (``.<name>.XXXX``)
   and rename it into place, so a reader never sees half a file; the copy keeps the source's
   mtime. A stop request (``cancel``) ends the copy within one 1 MiB block and raises
-  :class:`~hpcsync.agents.core.process.CommandCancelled`; a passed ``timeout`` ends the
-  batch with ``timed_out``; in both cases the temporary is removed.
+  :class:`~hpcsync.agents.core.process.CommandCancelled` (its ``sent``: the paths copied
+  whole before the stop); a passed ``timeout`` ends the batch with ``timed_out``; in both
+  cases the temporary is removed.
 - **never through a symlink**: a destination whose directory resolves outside the base
   (a symlinked directory inside it) is refused; remote symlinks are neither listed nor
   fetched, nor are they followed by ``list``.

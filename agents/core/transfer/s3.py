@@ -10,9 +10,16 @@ over any S3 server (AWS, Swift s3api, Ceph, rclone serve s3, MinIO):
   machinery: each is read whole and sent with one ``PutObject`` from a pool of
   ``concurrency`` threads, and only bodies of :data:`EXPECT_CONTINUE_BYTES` or more ask
   for ``100-continue`` (botocore asks for every body: one more round trip per small
-  file). Listings parse their ISO timestamps with :meth:`datetime.fromisoformat`. Each
-  object carries user metadata ``mtime`` (the local file's, so servers that keep files, like
-  rclone, restore it) plus :attr:`~.base.Item.metadata` (e.g. ``sha256``). A multipart
+  file). Each object carries user metadata ``mtime`` (the local file's, so servers that
+  keep files, like rclone, restore it) plus :attr:`~.base.Item.metadata` (e.g. ``sha256``).
+- **the lean path**: with a path-style endpoint (``endpoint_url``) that no proxy applies to,
+  small ``PutObject`` bodies (under :data:`EXPECT_CONTINUE_BYTES`, plain ASCII metadata)
+  and listings skip botocore's request machinery (about 0.85 ms of client CPU per request,
+  under the GIL): :class:`_LeanS3` signs each request with botocore's own SigV4 signer and
+  sends it with :mod:`http.client` over one keep-alive connection per thread, retried under
+  :class:`~hpcsync.agents.core.http.RetryPolicy`; a failure is the botocore exception boto3
+  would raise, so errors read the same. A listing lists its prefix's top level by ``/`` and
+  then each directory below it, :data:`LIST_THREADS` at once. A multipart
   ETag (``"<md5>-N"``) is never taken for a content hash: :meth:`S3Backend.checksum` reads
   the hash stored in metadata, trusts a plain single-part ETag for md5 only, and otherwise
   downloads and hashes.
@@ -20,7 +27,8 @@ over any S3 server (AWS, Swift s3api, Ceph, rclone serve s3, MinIO):
   already under way, at most :data:`SMALL_PUT_BYTES`, ends first and one not started is not
   sent), cancels downloads, and aborts unfinished multipart uploads: S3 never shows a
   partial object, and a download lands under a temporary name renamed into place only when
-  complete.
+  complete. A stopped ``put`` raises ``CommandCancelled`` whose ``sent`` lists the paths
+  that reached the server whole before the stop.
 - **credentials** come from the environment or boto3's usual chain, a named ``profile``, or
   an AWS-style ``credentials_file`` (ini: ``aws_access_key_id``/``aws_secret_access_key``)
   — never from arguments, never printed (:meth:`describe` names the bucket and endpoint).
