@@ -261,7 +261,7 @@ class _LeanS3:
     RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
     def __init__(self, endpoint_url: str, bucket: str, region: str, credentials, *, connect_timeout: float,
-                 read_timeout: float, retries: int):  # fmt: skip
+                 read_timeout: float, retries: int, ca_bundle: str | None = None):  # fmt: skip
         parts = urlsplit(endpoint_url)
         self.scheme, self.hostname, self.port = parts.scheme, parts.hostname or "", parts.port
         default = {"http": 80, "https": 443}[parts.scheme]
@@ -283,7 +283,8 @@ class _LeanS3:
         if self.scheme == "https":
             from botocore.httpsession import get_cert_path
 
-            self._ssl = ssl.create_default_context(cafile=os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True))
+            # the CA bundle botocore would use: AWS_CA_BUNDLE or the profile's ca_bundle, else its default
+            self._ssl = ssl.create_default_context(cafile=ca_bundle or get_cert_path(True))
 
     @staticmethod
     def usable(endpoint_url: str | None, addressing_style: str | None) -> bool:
@@ -570,7 +571,7 @@ class S3Backend(Backend):
             if credentials is not None:
                 self._lean = _LeanS3(self.endpoint_url, self.bucket, client.meta.region_name, credentials,
                                      connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                     retries=retries)  # fmt: skip
+                                     retries=retries, ca_bundle=core.get_config_variable("ca_bundle"))  # fmt: skip
         from botocore.handlers import add_expect_header
 
         client.meta.events.unregister("before-call.s3", add_expect_header)
