@@ -19,6 +19,7 @@ Two transports follow it:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -281,6 +282,56 @@ def proxy_applies(url: str) -> bool:
     return bool(proxies.get(parts.scheme) or proxies.get("all")) and not proxy_bypass(parts.hostname or "")
 
 
+class ThreadConnections:
+    """One persistent HTTP/1.1 connection per thread to one origin, and the bookkeeping to
+    drop one (after an error, or a server's ``Connection: close``) or close them all.
+    Shared by every keep-alive client here (:class:`KeepAliveSender`, the S3 backend's lean
+    requests)."""
+
+    def __init__(self, scheme: str, host: str, port: int | None, *, timeout: float, ssl_context=None):
+        self.scheme, self.host, self.port = scheme, host, port
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[http.client.HTTPConnection] = []
+
+    def get(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it carried a request before (a server may
+        have closed it meanwhile: such a failure deserves one free retry)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self.scheme == "https":
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout,
+                                                   context=self.ssl_context)  # fmt: skip
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._local.conn, self._local.used = conn, False
+            with self._lock:
+                self._all.append(conn)
+        return conn, self._local.used
+
+    def answered(self, resp: http.client.HTTPResponse) -> None:
+        """After a complete answer: the connection is reusable, unless the server closes it."""
+        self._local.used = True
+        if resp.getheader("Connection", "").lower() == "close":
+            self.drop()
+
+    def drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            with self._lock, contextlib.suppress(ValueError):
+                self._all.remove(conn)
+        self._local.conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
 class KeepAliveSender:
     """Send JSON bodies to one API origin over a persistent connection per thread."""
 
@@ -293,40 +344,17 @@ class KeepAliveSender:
         self.base_path = parts.path.rstrip("/") + "/"
         self.headers = {"Content-Type": "application/json", "Accept": "application/json", **headers}
         self.policy = policy
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[http.client.HTTPConnection] = []
         self.requests_made = 0
-        self._ssl = None
+        self._lock = threading.Lock()
+        context = None
         if self.scheme == "https":
             bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-            self._ssl = ssl.create_default_context(cafile=bundle or None)
-
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        """This thread's connection, and whether it carried a request before."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            timeout = self.policy.timeout
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self._ssl)
-            else:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-            self._local.conn, self._local.used = conn, False
-            with self._lock:
-                self._connections.append(conn)
-        return conn, self._local.used
-
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-        self._local.conn = None
+            context = ssl.create_default_context(cafile=bundle or None)
+        self.connections = ThreadConnections(self.scheme, self.host, self.port, timeout=policy.timeout,
+                                             ssl_context=context)  # fmt: skip
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
+        self.connections.close()
 
     def send(self, method: str, path: str, payload: Any) -> int:
         """Send one request (``path`` relative to the base URL); return its 2xx/3xx status."""
@@ -335,7 +363,7 @@ class KeepAliveSender:
         shown = f"{method} {self.origin}{target.split('?', 1)[0]}"
 
         def once() -> tuple[int, str, bytes]:
-            conn, reused = self._connection()
+            conn, reused = self.connections.get()
             with self._lock:
                 self.requests_made += 1
             try:
@@ -343,19 +371,17 @@ class KeepAliveSender:
                 resp = conn.getresponse()
                 text = resp.read()
             except TimeoutError:
-                self._drop_connection()
+                self.connections.drop()
                 raise Retry(f"no answer within {self.policy.timeout:g} s") from None
             except (OSError, http.client.HTTPException) as exc:
-                self._drop_connection()
+                self.connections.drop()
                 stale = reused and isinstance(
                     exc, (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
                 )
                 if stale:
                     raise _StaleConnection from None
                 raise Retry(f"cannot connect ({type(exc).__name__})") from None
-            self._local.used = True
-            if resp.getheader("Connection", "").lower() == "close":
-                self._drop_connection()
+            self.connections.answered(resp)
             return resp.status, resp.reason, text
 
         def attempt() -> int:

@@ -275,16 +275,18 @@ class _LeanS3:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.retries = max(0, retries - 1)  # botocore's max_attempts counts the first try
-        self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[http.client.HTTPConnection] = []
         self.requests_made = 0
-        self._ssl = None
+        context = None
         if self.scheme == "https":
             from botocore.httpsession import get_cert_path
 
             # the CA bundle botocore would use: AWS_CA_BUNDLE or the profile's ca_bundle, else its default
-            self._ssl = ssl.create_default_context(cafile=ca_bundle or get_cert_path(True))
+            context = ssl.create_default_context(cafile=ca_bundle or get_cert_path(True))
+        from hpcsync.agents.core.http import ThreadConnections
+
+        self.connections = ThreadConnections(self.scheme, self.hostname, self.port, timeout=connect_timeout,
+                                             ssl_context=context)  # fmt: skip
 
     @staticmethod
     def usable(endpoint_url: str | None, addressing_style: str | None) -> bool:
@@ -303,32 +305,8 @@ class _LeanS3:
         """Metadata that goes as ``x-amz-meta-*`` headers unchanged (what botocore would send)."""
         return all(_HEADER_NAME.match(k) and v.isascii() and v.isprintable() for k, v in meta.items())
 
-    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self.scheme == "https":
-                conn = http.client.HTTPSConnection(self.hostname, self.port, timeout=self.connect_timeout,
-                                                   context=self._ssl)  # fmt: skip
-            else:
-                conn = http.client.HTTPConnection(self.hostname, self.port, timeout=self.connect_timeout)
-            self._local.conn, self._local.used = conn, False
-            with self._lock:
-                self._connections.append(conn)
-        return conn, self._local.used
-
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            with self._lock, contextlib.suppress(ValueError):
-                self._connections.remove(conn)
-        self._local.conn = None
-
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
+        self.connections.close()
 
     def _signed_headers(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> dict[str, str]:
         from botocore.auth import S3SigV4Auth
@@ -387,7 +365,7 @@ class _LeanS3:
         last: list[BaseException] = []
 
         def once() -> tuple[int, bytes, http.client.HTTPResponse]:
-            conn, reused = self._connection()
+            conn, reused = self.connections.get()
             connected = conn.sock is not None
             signed = self._signed_headers(method, target, body, headers)
             with self._lock:
@@ -404,15 +382,13 @@ class _LeanS3:
                 resp = conn.getresponse()
                 data = resp.read()
             except (OSError, http.client.HTTPException) as exc:
-                self._drop_connection()
+                self.connections.drop()
                 if reused and isinstance(exc, (http.client.RemoteDisconnected, ConnectionResetError,
                                                BrokenPipeError)):  # fmt: skip
                     raise _StaleConnection from None
                 last[:] = [self._transport_error(exc, connecting=not connected)]
                 raise Retry(f"{type(exc).__name__}: {exc}") from None
-            self._local.used = True
-            if resp.getheader("Connection", "").lower() == "close":
-                self._drop_connection()
+            self.connections.answered(resp)
             return resp.status, data, resp
 
         def attempt() -> tuple[int, bytes, http.client.HTTPResponse]:
