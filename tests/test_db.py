@@ -12,10 +12,10 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, select, text
+from sqlalchemy import bindparam, func, select, text, update
 
 from hpcsync.db import DatabaseError, open_database
-from hpcsync.db.dialect import IN_CHUNK, chunked, insert_ignore
+from hpcsync.db.dialect import IN_CHUNK, chunked, execute_many, insert_ignore
 from hpcsync.db.engine import _alembic_config
 from hpcsync.db.models import AgentRun, Base, SupRsyncFile, SyncCursor, path_hash
 from hpcsync.db.runs import get_cursor, recent_runs, record_run, set_cursor
@@ -177,6 +177,27 @@ def test_dialect_helpers_on_every_backend(db_url):
                 found.update(s.execute(q).all())
         assert len(found) == 1200
         assert sum(v == "first" for v in found.values()) == 700 and found["n1199"] == "second"
+
+        # execute_many: per-row values, a value compiled into the statement (only rows
+        # still "second" are touched), a None, and a required value missing is refused
+        t = SyncCursor.__table__
+        stmt = (
+            update(t)
+            .where(t.c.name == bindparam("b_name"), t.c.value == "second")
+            .values(value=bindparam("b_value"), updated_at=bindparam("b_at"))
+        )
+        with db.session() as s:
+            execute_many(s, stmt, [{"b_name": f"n{i}", "b_value": f"v{i}", "b_at": i + 0.5} for i in range(690, 710)])
+            execute_many(s, stmt, [])
+        with db.session() as s:
+            got = dict(
+                s.execute(select(t.c.name, t.c.value).where(t.c.name.in_([f"n{i}" for i in range(690, 710)]))).all()
+            )
+            at = s.scalar(select(t.c.updated_at).where(t.c.name == "n705"))
+        assert got == {**{f"n{i}": "first" for i in range(690, 700)}, **{f"n{i}": f"v{i}" for i in range(700, 710)}}
+        assert at == 705.5
+        with db.session() as s, pytest.raises(ValueError, match="b_at"):
+            execute_many(s, stmt, [{"b_name": "n1", "b_value": "x"}])
     finally:
         db.dispose()
     assert [list(p) for p in chunked(iter(range(5)), 2)] == [[0, 1], [2, 3], [4]]

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcsync.agents.core.process import CommandCancelled
-from hpcsync.agents.core.transfer import Backend, DestinationFull, Item, RemoteUnreachable, TransferOutcome
+from hpcsync.agents.core.transfer import (
+    Backend,
+    DestinationFull,
+    Item,
+    PreparedPut,
+    RemoteUnreachable,
+    TransferOutcome,
+)
 
 from .files import (
     CopyResult,
@@ -158,6 +165,8 @@ class _Sent:
     tasks: list
     results: list[CopyResult]
     sendable: list
+    #: the backend's staging of ``sendable``, done while the previous batch is sent
+    prepared: PreparedPut | None = None
     put: Any = None
     #: the destination filled up during the transfer: what arrived is checked and recorded
     full: str | None = None
@@ -188,12 +197,17 @@ class Copier:
         self.cancel = cancel or threading.Event()
         #: ids of files hashed so soon after their last change that their signature is not trusted
         self._racy: set[int] = set()
+        #: batches staged by the backend and not yet released (see :meth:`_release_all`)
+        self._staged: list[_Sent] = []
 
     def copy_batch(self) -> BatchReport:
         """Pick, send, check and record one batch (no pipelining)."""
-        sent = self._pick(None)
-        self._put(sent)
-        return self._check(sent)
+        try:
+            sent = self._pick(None)
+            self._put(sent)
+            return self._check(sent)
+        finally:
+            self._release_all()
 
     def copy_batches(self, max_seconds: float, prepare: Callable[[], None] | None = None) -> list[BatchReport]:
         """Copy full batches back to back for up to ``max_seconds``, over one connection.
@@ -206,7 +220,12 @@ class Copier:
         threads). Stops after a batch that was not full, a stop request, or an unreachable
         destination; a batch picked but not sent then is simply left pending.
         """
-        deadline = time.monotonic() + max_seconds
+        try:
+            return self._copy_batches(time.monotonic() + max_seconds, prepare)
+        finally:
+            self._release_all()
+
+    def _copy_batches(self, deadline: float, prepare: Callable[[], None] | None) -> list[BatchReport]:
         reports: list[BatchReport] = []
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="suprsync-copy") as pool:
             # The first batch is small: nothing overlaps its hashing, sending and checking,
@@ -274,16 +293,27 @@ class Copier:
                 sent.results.append(outcome)
             else:
                 sent.sendable.append(outcome)
+        if sent.sendable and not report.stopped:
+            items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sent.sendable]
+            sent.prepared = self.backend.prepare_put(items)
+            self._staged.append(sent)
         return sent
+
+    def _release_all(self) -> None:
+        """Remove the staging of every batch picked and not yet checked (a stop, an
+        unreachable destination or an error ended the run before its turn)."""
+        staged, self._staged = self._staged, []
+        for sent in staged:
+            _release(sent)
 
     def _put(self, sent: _Sent) -> None:
         report = sent.report
-        if not sent.sendable or report.stopped:
+        if not sent.sendable or report.stopped or sent.prepared is None:
             return
         nbytes = sum(sig[0] for _t, _m, sig in sent.sendable)
-        items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sent.sendable]
         try:
-            sent.put = self.backend.put(items, timeout=self.settings.put_timeout(nbytes), cancel=self.cancel)
+            timeout = self.settings.put_timeout(nbytes)
+            sent.put = self.backend.put_prepared(sent.prepared, timeout=timeout, cancel=self.cancel)
         except CommandCancelled:
             report.stopped = True
         except DestinationFull as exc:  # some files may have arrived whole before it filled up
@@ -297,6 +327,7 @@ class Copier:
     # -- stage two: check on the destination, record -------------------------------------------------
 
     def _check(self, sent: _Sent) -> BatchReport:
+        _release(sent)  # the staging is not needed once sent; removed off the sending thread
         report = sent.report
         results = list(sent.results)
         checkable = not report.unreachable or sent.full is not None
@@ -430,6 +461,12 @@ class Copier:
                     CopyResult(task.id, "failed", error=f"remote md5 {got} differs from local md5 {md5}{why}", **common)
                 )
         return results
+
+
+def _release(sent: _Sent) -> None:
+    prepared, sent.prepared = sent.prepared, None
+    if prepared is not None:
+        prepared.close()
 
 
 def _changed_since(local_path: str, sig: Signature) -> bool:

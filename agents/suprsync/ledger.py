@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from hpcsync.db.dialect import chunked, insert_ignore
+from hpcsync.db.dialect import chunked, execute_many, insert_ignore
 from hpcsync.db.engine import Database, open_database
 from hpcsync.db.models import FILE_STATES, SupRsyncFile, TimecodeDir, path_hash
 
@@ -699,7 +699,8 @@ class SupRsyncFilesManager:
             raise ValueError(f"unknown copy outcomes {sorted(unknown)}")
         with self.session() as s:
             if verified:
-                s.execute(
+                execute_many(
+                    s,
                     update(t)
                     .where(t.c.id == bindparam("b_id"), owned)
                     .values(
@@ -714,7 +715,8 @@ class SupRsyncFilesManager:
                 )  # fmt: skip
             if failed:
                 attempts = t.c.failed_copy_attempts + 1
-                s.execute(
+                execute_many(
+                    s,
                     update(t)
                     .where(t.c.id == bindparam("b_id"), owned)
                     .values(
@@ -735,14 +737,16 @@ class SupRsyncFilesManager:
                       "b_ino": r.local_ino, "b_ctime": r.local_ctime_ns} for r in failed],
                 )  # fmt: skip
             if changed:
-                s.execute(
+                execute_many(
+                    s,
                     update(t)
                     .where(t.c.id == bindparam("b_id"), owned)
                     .values(local_md5sum=None, last_attempt_at=now, last_error=bindparam("b_error")),
                     [{"b_id": r.id, "b_error": r.error or "changed while being copied"} for r in changed],
                 )
             if deferred:
-                s.execute(
+                execute_many(
+                    s,
                     update(t)
                     .where(t.c.id == bindparam("b_id"), owned)
                     .values(last_attempt_at=now, last_error=bindparam("b_error")),

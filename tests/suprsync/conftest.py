@@ -79,13 +79,13 @@ class FaultyBackend(LocalRsyncBackend):
         self.puts = 0
         self.checks = 0
 
-    def put(self, items, *, timeout, cancel=None):
+    def put_prepared(self, prepared, *, timeout, cancel=None):  # what put() and the copier call
         if self.unreachable:
             raise RemoteUnreachable("test destination is unreachable")
         self.puts += 1
-        outcome = super().put(items, timeout=timeout, cancel=cancel)
+        outcome = super().put_prepared(prepared, timeout=timeout, cancel=cancel)
         failed = False
-        for item in items:
+        for item in prepared.items:
             path = Path(self.basedir) / item.remote_path
             if item.remote_path in self.corrupt:
                 path.write_bytes(b"damaged in transit")

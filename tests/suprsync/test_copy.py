@@ -423,13 +423,13 @@ class _WritesDuringCopy(LocalRsyncBackend):
         self.growing = growing
         self.appends = 0
 
-    def put(self, items, *, timeout, cancel=None):
+    def put_prepared(self, prepared, *, timeout, cancel=None):
         if self.appends < 3:
             self.appends += 1
             with open(self.growing, "a") as f:
                 f.write(f"line {self.appends}\n")
             os.utime(self.growing, ns=(0, (1_700_000_000 + self.appends) * 10**9))
-        return super().put(items, timeout=timeout, cancel=cancel)
+        return super().put_prepared(prepared, timeout=timeout, cancel=cancel)
 
 
 def test_a_file_written_while_it_is_copied_costs_no_attempt_and_is_sent_again(ledger, src, dst, tmp_path):
@@ -454,11 +454,11 @@ class _ReregistersDuringCopy(LocalRsyncBackend):
         super().__init__(basedir)
         self.manager, self.newer, self.done = manager, newer, False
 
-    def put(self, items, *, timeout, cancel=None):
+    def put_prepared(self, prepared, *, timeout, cancel=None):
         if not self.done:
             self.done = True
-            self.manager.add_file(str(self.newer), items[0].remote_path, ARCHIVE)
-        return super().put(items, timeout=timeout, cancel=cancel)
+            self.manager.add_file(str(self.newer), prepared.items[0].remote_path, ARCHIVE)
+        return super().put_prepared(prepared, timeout=timeout, cancel=cancel)
 
 
 def test_a_file_registered_again_during_its_copy_is_not_marked_copied_with_the_old_content(ledger, src, dst, tmp_path):
@@ -474,3 +474,27 @@ def test_a_file_registered_again_during_its_copy_is_not_marked_copied_with_the_o
     engine.iterate()
     (row,) = ledger.get_known_files(ARCHIVE)
     assert row.status == "copied" and row.remote_md5sum == md5(new) == md5(dst / "obs/data.g3")
+
+
+class _FailsOnSecondPut(FaultyBackend):
+    def put_prepared(self, prepared, *, timeout, cancel=None):
+        if self.puts == 1:
+            self.unreachable = True
+        return super().put_prepared(prepared, timeout=timeout, cancel=cancel)
+
+
+def test_no_batch_staging_is_left_behind_when_the_destination_goes_away(ledger, src, dst, tmp_path):
+    """Each batch is staged while the previous one is sent. When the destination goes away
+    after the first batch, the batch staged but never sent is removed as well: nothing of
+    the run is left in the staging directory, and every file stays pending with no attempt
+    counted (the first batch cannot be checked either)."""
+    entries = [(str(write(src / f"f{i}", str(i))), f"{tc_now()}/d{i % 3}/f{i}") for i in range(40)]
+    ledger.add_files(entries, ARCHIVE)
+    backend = _FailsOnSecondPut(dst, tmp_root=str(tmp_path / "stage"))
+    (tmp_path / "stage").mkdir()
+    report = make_engine(ledger, backend, tmp_path, files_per_batch=5).iterate()
+    assert backend.puts == 1 and not report.ok
+    assert sum(b.verified for b in report.batches) == 0
+    assert list((tmp_path / "stage").iterdir()) == []
+    rows = ledger.get_known_files(ARCHIVE)
+    assert {(row.status, row.failed_copy_attempts) for row in rows} == {("pending", 0)} and len(rows) == 40

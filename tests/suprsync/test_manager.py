@@ -205,6 +205,9 @@ class FakeNothing:
     def put(self, *a, **k):
         raise AssertionError("put called in an idle loop")
 
+    def prepare_put(self, *a, **k):
+        raise AssertionError("prepare_put called in an idle loop")
+
     def checksum(self, *a, **k):
         raise AssertionError("checksum called in an idle loop")
 

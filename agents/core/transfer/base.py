@@ -134,6 +134,23 @@ def check_relative_paths(paths: Sequence[str]) -> None:
             raise ValueError(why)
 
 
+class PreparedPut:
+    """A put made ready ahead of its turn (:meth:`Backend.prepare_put`). ``close()``
+    releases what it holds; it may be called more than once."""
+
+    def __init__(self, items: list[Item]):
+        self.items = items
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> PreparedPut:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Backend(abc.ABC):
     """A place files live: a local directory, ``host:dir`` over ssh, later sftp or S3."""
 
@@ -164,6 +181,18 @@ class Backend(abc.ABC):
 
         A file sent again replaces the remote copy even if its size and mtime are the same.
         """
+
+    def prepare_put(self, items: Sequence[Item]) -> PreparedPut:
+        """Whatever a put of ``items`` can do before its turn to send (rsync: the staging
+        tree), so that a pipelined caller does it while the previous batch is sent. Hand
+        the result to :meth:`put_prepared`, then ``close()`` it. By default nothing."""
+        return PreparedPut(list(items))
+
+    def put_prepared(
+        self, prepared: PreparedPut, *, timeout: float, cancel: threading.Event | None = None
+    ) -> TransferOutcome:
+        """:meth:`put` of what :meth:`prepare_put` made ready (the same outcome)."""
+        return self.put(prepared.items, timeout=timeout, cancel=cancel)
 
     @abc.abstractmethod
     def get(self, items: Sequence[Item], *, timeout: float, cancel: threading.Event | None = None) -> TransferOutcome:

@@ -58,6 +58,7 @@ from .base import (
     DestinationFull,
     Entry,
     Item,
+    PreparedPut,
     RemoteUnreachable,
     TransferOutcome,
     check_relative_paths,
@@ -279,50 +280,69 @@ class RsyncBackend(Backend):
         return out
 
     def put(self, items, *, timeout, cancel=None) -> TransferOutcome:
+        with self.prepare_put(items) as prepared:
+            return self.put_prepared(prepared, timeout=timeout, cancel=cancel)
+
+    def prepare_put(self, items) -> PreparedPut:
+        """The batch's staging tree: a symlink per file at its remote path (rsync follows
+        them with ``--copy-links``), so one rsync recursion sends exactly this batch."""
+        items = list(items)
         if not items:
-            return TransferOutcome(ok=True)
-        tree = tempfile.mkdtemp(prefix=self.stage_prefix, dir=self.tmp_root)
-        stage = _StagingTree(tree)
+            return PreparedPut(items)
+        staged = _StagedPut(items, tempfile.mkdtemp(prefix=self.stage_prefix, dir=self.tmp_root))
         try:
-            listing = []
-            skipped: dict[str, str] = {}
-            for item in items:
-                why = unsafe_relative_path(item.remote_path)
-                if why:
-                    skipped[item.remote_path] = f"cannot send to {why}"
-                    continue
-                try:
-                    stage.link(item.remote_path, item.local_path)
-                except OSError as exc:
-                    # e.g. "a" and "a/b" in one batch: one cannot be both a file and a dir.
-                    # Only this file fails; the batch goes on.
-                    skipped[item.remote_path] = f"cannot stage {item.remote_path!r} for rsync: {exc.strerror or exc}"
-                    continue
-                listing.append(next(p for p in item.remote_path.split("/") if p not in ("", ".")))
-            if not listing:
-                return TransferOutcome(ok=False, error="no file of the batch could be staged", skipped=skipped)
-            # The tree holds exactly this batch: rsync recurses from its top-level entries.
-            # Listing every file instead costs rsync about 1 s per 20,000 files, and
-            # recursing from the tree's root would copy its modes onto the base directory.
-            tops = [_files_from_entry(name) for name in sorted(set(listing))]
-            argv = [*self._rsync_argv(pull=False), "--recursive", tree + "/", self._remote_spec()]
-            log.debug("rsync of %d files to %s", len(listing), self.describe())
+            stage = _StagingTree(staged.tree)
             try:
-                result = self._run_rsync(argv, tops, timeout, cancel, pull=False)
-            except CommandTimeout as exc:
-                return TransferOutcome(ok=False, error=str(exc), timed_out=True, elapsed=timeout, skipped=skipped)
-            except CommandCancelled:
-                raise
-            except CommandError as exc:  # rsync could not start at all
-                return TransferOutcome(ok=False, error=str(exc), skipped=skipped)
-            if result.returncode == 0:
-                return TransferOutcome(ok=True, returncode=0, elapsed=result.elapsed, skipped=skipped)
-            return TransferOutcome(ok=False, error=result.describe(), returncode=result.returncode,
-                                   elapsed=result.elapsed, skipped=skipped,
-                                   file_errors=self._file_errors(result.stderr, items))  # fmt: skip
-        finally:
-            stage.close()
-            shutil.rmtree(tree, ignore_errors=True)
+                listing = set()
+                for item in items:
+                    why = unsafe_relative_path(item.remote_path)
+                    if why:
+                        staged.skipped[item.remote_path] = f"cannot send to {why}"
+                        continue
+                    try:
+                        stage.link(item.remote_path, item.local_path)
+                    except OSError as exc:
+                        # e.g. "a" and "a/b" in one batch: one cannot be both a file and a dir.
+                        # Only this file fails; the batch goes on.
+                        staged.skipped[item.remote_path] = (
+                            f"cannot stage {item.remote_path!r} for rsync: {exc.strerror or exc}"
+                        )
+                        continue
+                    listing.add(next(p for p in item.remote_path.split("/") if p not in ("", ".")))
+            finally:
+                stage.close()
+        except BaseException:
+            staged.close()
+            raise
+        # The tree holds exactly this batch: rsync recurses from its top-level entries.
+        # Listing every file instead costs rsync about 1 s per 20,000 files, and recursing
+        # from the tree's root would copy its modes onto the base directory.
+        staged.tops = [_files_from_entry(name) for name in sorted(listing)]
+        return staged
+
+    def put_prepared(self, prepared, *, timeout, cancel=None) -> TransferOutcome:
+        if not prepared.items:
+            return TransferOutcome(ok=True)
+        if not isinstance(prepared, _StagedPut) or prepared.tops is None:
+            raise ValueError("put_prepared needs what this backend's prepare_put returned, not yet closed")
+        skipped = dict(prepared.skipped)
+        if not prepared.tops:
+            return TransferOutcome(ok=False, error="no file of the batch could be staged", skipped=skipped)
+        argv = [*self._rsync_argv(pull=False), "--recursive", prepared.tree + "/", self._remote_spec()]
+        log.debug("rsync of %d files to %s", len(prepared.items) - len(skipped), self.describe())
+        try:
+            result = self._run_rsync(argv, prepared.tops, timeout, cancel, pull=False)
+        except CommandTimeout as exc:
+            return TransferOutcome(ok=False, error=str(exc), timed_out=True, elapsed=timeout, skipped=skipped)
+        except CommandCancelled:
+            raise
+        except CommandError as exc:  # rsync could not start at all
+            return TransferOutcome(ok=False, error=str(exc), skipped=skipped)
+        if result.returncode == 0:
+            return TransferOutcome(ok=True, returncode=0, elapsed=result.elapsed, skipped=skipped)
+        return TransferOutcome(ok=False, error=result.describe(), returncode=result.returncode,
+                               elapsed=result.elapsed, skipped=skipped,
+                               file_errors=self._file_errors(result.stderr, prepared.items))  # fmt: skip
 
     def get(self, items, *, timeout, cancel=None) -> TransferOutcome:
         if not items:
@@ -692,6 +712,21 @@ _RSYNC_ERROR_RE = re.compile(r'^rsync: (?:\[\w+\] )?.*?"(?P<path>[^"]+)".*?(?:fa
 # relative to the base directory (the receiver's working directory).
 _RSYNC_RENAME_RE = re.compile(r'^rsync: (?:\[\w+\] )?(?:rename|copy) "[^"]+" -> "(?P<path>[^"]+)": .+$')
 _FULL_MARKERS = ("No space left on device", "Disk quota exceeded")
+
+
+class _StagedPut(PreparedPut):
+    """A batch staged for rsync: the symlink tree, its top-level entries, the files that
+    could not be staged. ``close()`` removes the tree (only symlinks and directories)."""
+
+    def __init__(self, items: list[Item], tree: str):
+        super().__init__(items)
+        self.tree = tree
+        self.tops: list[bytes] | None = None
+        self.skipped: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.tops = None
+        shutil.rmtree(self.tree, ignore_errors=True)
 
 
 class _StagingTree:
