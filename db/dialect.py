@@ -70,7 +70,7 @@ def insert_ignore(s: Session | Connection, model: Any, rows: Sequence[dict[str, 
 
 
 def execute_many(s: Session | Connection, stmt: Executable, rows: Sequence[dict[str, Any]]) -> None:
-    """Run ``stmt`` once for each dict of bound values in ``rows``, in one DBAPI
+    """Run ``stmt`` once for each dict of bound values in ``rows`` (all with the same keys), in one DBAPI
     ``executemany`` on the session's connection (inside its transaction).
 
     SQLAlchemy's own executemany builds every row's parameters through the compiler, about
@@ -97,12 +97,12 @@ def execute_many(s: Session | Connection, stmt: Executable, rows: Sequence[dict[
     missing = {n for n in names if compiled.binds[n].required} - set(rows[0])
     if missing:
         raise ValueError(f"execute_many: no value for the bound parameter(s) {sorted(missing)}")
+    plan = [(name, name in rows[0], fixed.get(name), processors.get(name)) for name in names]
     params: list = []
     for row in rows:
         values = []
-        for name in names:
-            value = row[name] if name in row else fixed[name]
-            processor = processors.get(name)
+        for name, from_row, default, processor in plan:
+            value = row[name] if from_row else default
             values.append(value if processor is None else processor(value))
         params.append(tuple(values) if compiled.positional else dict(zip(names, values, strict=True)))
     conn.exec_driver_sql(compiled.string, params)

@@ -197,8 +197,8 @@ class Copier:
         self.cancel = cancel or threading.Event()
         #: ids of files hashed so soon after their last change that their signature is not trusted
         self._racy: set[int] = set()
-        #: batches staged by the backend and not yet released (see :meth:`_release_all`)
-        self._staged: list[_Sent] = []
+        #: stagings made by the backend and not yet released (see :meth:`_release_all`)
+        self._staged: set[PreparedPut] = set()
 
     def copy_batch(self) -> BatchReport:
         """Pick, send, check and record one batch (no pipelining)."""
@@ -296,15 +296,21 @@ class Copier:
         if sent.sendable and not report.stopped:
             items = [Item(t.local_path, t.remote_path, sig[0]) for t, _m, sig in sent.sendable]
             sent.prepared = self.backend.prepare_put(items)
-            self._staged.append(sent)
+            self._staged.add(sent.prepared)
         return sent
+
+    def _release(self, sent: _Sent) -> None:
+        prepared, sent.prepared = sent.prepared, None
+        if prepared is not None:
+            self._staged.discard(prepared)
+            prepared.close()
 
     def _release_all(self) -> None:
         """Remove the staging of every batch picked and not yet checked (a stop, an
         unreachable destination or an error ended the run before its turn)."""
-        staged, self._staged = self._staged, []
-        for sent in staged:
-            _release(sent)
+        staged, self._staged = self._staged, set()
+        for prepared in staged:
+            prepared.close()
 
     def _put(self, sent: _Sent) -> None:
         report = sent.report
@@ -327,7 +333,7 @@ class Copier:
     # -- stage two: check on the destination, record -------------------------------------------------
 
     def _check(self, sent: _Sent) -> BatchReport:
-        _release(sent)  # the staging is not needed once sent; removed off the sending thread
+        self._release(sent)  # the staging is not needed once sent; removed off the sending thread
         report = sent.report
         results = list(sent.results)
         checkable = not report.unreachable or sent.full is not None
@@ -461,12 +467,6 @@ class Copier:
                     CopyResult(task.id, "failed", error=f"remote md5 {got} differs from local md5 {md5}{why}", **common)
                 )
         return results
-
-
-def _release(sent: _Sent) -> None:
-    prepared, sent.prepared = sent.prepared, None
-    if prepared is not None:
-        prepared.close()
 
 
 def _changed_since(local_path: str, sig: Signature) -> bool:
