@@ -16,12 +16,10 @@ from hpcsync.agents.cloudsync.engine import CloudSyncError
 from hpcsync.agents.core.errors import ConfigError
 from hpcsync.agents.core.transfer import Item
 
-HOSTILE = ["with space.txt", "new\nline.txt", "ünïcødé ✓.txt", "-dash", "sub dir/$(touch x).txt"]
 
-
-def _tree(home):
+def _tree(home, hostile):
     home.mkdir(parents=True, exist_ok=True)
-    for i, rel in enumerate(HOSTILE):
+    for i, rel in enumerate(hostile):
         (home / rel).parent.mkdir(parents=True, exist_ok=True)
         (home / rel).write_bytes(f"content {i}\n".encode() * (i + 1))
     (home / "empty" / "deeper").mkdir(parents=True)
@@ -37,7 +35,7 @@ def _add(engine, name, home, **patterns):
 
 def test_push_then_pull_elsewhere_restores_bytes_modes_times_and_empty_dirs(rig, tmp_path):
     home, other = tmp_path / "home", tmp_path / "other"
-    _tree(home)
+    _tree(home, rig.hostile)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text("outside the tree")
@@ -45,8 +43,8 @@ def test_push_then_pull_elsewhere_restores_bytes_modes_times_and_empty_dirs(rig,
     eng = rig.engine(home)
     _add(eng, "data", home)
     report = eng.push("data")
-    assert report.ok and report.files_sent == len(HOSTILE) + 1 and not report.problems, report.message()
-    for rel in HOSTILE:
+    assert report.ok and report.files_sent == len(rig.hostile) + 1 and not report.problems, report.message()
+    for rel in rig.hostile:
         assert (rig.stored / "data" / rel).read_bytes() == (home / rel).read_bytes()
     # the symlink is recorded, never followed: nothing from outside the tree went up
     assert not (rig.stored / "data" / "link-out").exists()
@@ -57,8 +55,8 @@ def test_push_then_pull_elsewhere_restores_bytes_modes_times_and_empty_dirs(rig,
     other.mkdir()
     _add(eng2, "data", other)
     pulled = eng2.pull("data")
-    assert pulled.ok and pulled.files_sent == len(HOSTILE) + 1 and not pulled.problems, pulled.message()
-    for rel in [*HOSTILE, "script.sh"]:
+    assert pulled.ok and pulled.files_sent == len(rig.hostile) + 1 and not pulled.problems, pulled.message()
+    for rel in [*rig.hostile, "script.sh"]:
         assert (other / rel).read_bytes() == (home / rel).read_bytes()
     st = (other / "script.sh").stat()
     assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_mtime_ns == 1_600_000_000_123_456_789
@@ -70,12 +68,12 @@ def test_push_then_pull_elsewhere_restores_bytes_modes_times_and_empty_dirs(rig,
 
 def test_a_same_size_edit_with_the_mtime_kept_is_sent_and_a_no_change_run_hashes_nothing(rig, tmp_path):
     home = tmp_path / "home"
-    _tree(home)
+    _tree(home, rig.hostile)
     eng = rig.engine(home)
     _add(eng, "data", home)
-    assert eng.push("data").files_sent == len(HOSTILE) + 1
+    assert eng.push("data").files_sent == len(rig.hostile) + 1
     again = eng.push("data")
-    assert again.files_sent == 0 and again.hashed == 0 and again.files_unchanged == len(HOSTILE) + 1
+    assert again.files_sent == 0 and again.hashed == 0 and again.files_unchanged == len(rig.hostile) + 1
 
     target = home / "with space.txt"
     before = target.stat()
@@ -89,18 +87,18 @@ def test_a_same_size_edit_with_the_mtime_kept_is_sent_and_a_no_change_run_hashes
 
 def test_deletes_are_guarded_by_max_delete_and_unreadable_paths_keep_their_remote_copy(rig, tmp_path):
     home = tmp_path / "home"
-    _tree(home)
+    _tree(home, rig.hostile)
     eng = rig.engine(home)
     _add(eng, "data", home)
     eng.push("data")
-    for rel in HOSTILE[:3]:
+    for rel in rig.hostile[:3]:
         (home / rel).unlink()
     refused = eng.push("data", max_delete=2)
     assert not refused.ok and "3 remote file(s) would be deleted" in refused.refused and "nothing" in refused.refused
-    assert all((rig.stored / "data" / rel).exists() for rel in HOSTILE[:3])  # nothing changed
+    assert all((rig.stored / "data" / rel).exists() for rel in rig.hostile[:3])  # nothing changed
     done = eng.push("data", max_delete=3)
     assert done.ok and done.files_deleted == 3
-    assert not any((rig.stored / "data" / rel).exists() for rel in HOSTILE[:3])
+    assert not any((rig.stored / "data" / rel).exists() for rel in rig.hostile[:3])
     assert (rig.stored / "data" / "script.sh").exists()
 
 
@@ -275,7 +273,7 @@ def test_a_push_stopped_mid_way_records_what_it_sent_and_the_next_push_sends_the
 
 def test_a_push_that_changes_nothing_rewrites_no_manifest_and_a_mode_change_does(rig, tmp_path):
     home = tmp_path / "home"
-    _tree(home)
+    _tree(home, rig.hostile)
     eng = rig.engine(home)
     _add(eng, "data", home)
     eng.push("data")
