@@ -68,6 +68,9 @@ setup(
         # MpistatReporter: columnar parsing of dumps, and fast gzip inflate
         "polars>=1.0",
         "isal>=1.6",
+        # ... and the report's one-pass scan, compiled
+        "numba>=0.60",
+        "numpy>=1.26",
     ],
     extras_require={
         "test": TEST_REQUIRES,

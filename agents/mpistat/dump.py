@@ -41,13 +41,17 @@ from pathlib import Path
 
 import polars as pl
 
-try:  # python-isal: the same API as zlib, 2-3x faster inflate
+try:  # python-isal: the same API as zlib and gzip, 2-3x faster inflate
     from isal import isal_zlib as _zlib
+    from isal.igzip import IGzipFile as GzipFile
+    from isal.igzip_lib import IsalError as GzipError
 
     INFLATE = "isal"
 except ImportError:  # pragma: no cover - isal is optional
     import zlib as _zlib
+    from gzip import GzipFile
 
+    GzipError = _zlib.error
     INFLATE = "zlib"
 
 #: Bytes of decompressed text per parsed block (whole lines).
@@ -56,8 +60,14 @@ BLOCK_SIZE = 4 << 20
 QUEUE_DEPTH = 2
 #: Blocks parsed at once (each by its own thread).
 PARSE_WORKERS = 2
-#: Compressed bytes read per call.
+#: Compressed bytes read per call (format detection).
 READ_SIZE = 256 << 10
+#: Block buffers reused by the reader: enough for every block in flight (the queues and
+#: the parse workers) and one being filled; fewer only makes the reader wait.
+BUFFERS = 2 * QUEUE_DEPTH + PARSE_WORKERS + 3
+#: A longer line is malformed (a wrong column count) and skipped unread: no dump line
+#: comes near it (a 4,096-byte path is 16 KiB Go-quoted).
+MAX_LINE = 1 << 20
 #: Malformed lines whose number and kind are kept (all are counted).
 KEEP_BAD_LINES = 20
 
@@ -156,6 +166,60 @@ class DumpError(OSError):
 
 
 # -- paths ------------------------------------------------------------------------------
+
+
+_INTEGER_BYTES = re.compile(rb" *([+-]?)([0-9]+)\Z")
+#: A stand-in for a field a job does not read, in a line that is not UTF-8 (so that it
+#: parses when only such a field is not UTF-8).
+_PLACEHOLDER = {"path": b"AAAA", "type": b"f"}
+
+
+def _as_read(value: bytes) -> bytes:
+    """A field as polars reads it: one ``\r`` at its end dropped (a CRLF dump)."""
+    return value[:-1] if value.endswith(b"\r") else value
+
+
+def integer_ok(value: bytes, signed: bool) -> bool:
+    """Whether a numeric field reads as an integer, by the rule polars applies: spaces,
+    one ``+`` (``-`` only if ``signed``), digits, in 64 bits (signed or unsigned)."""
+    match = _INTEGER_BYTES.match(_as_read(value))
+    if match is None:
+        return False
+    number = int(match[2])
+    if match[1] == b"-":
+        return signed and number <= 2**63
+    return number <= (2**63 - 1 if signed else 2**64 - 1)
+
+
+def path_ok(value: bytes, encoding: str) -> bool:
+    """Whether a path field is valid in ``encoding``, as the reader checks it (standard
+    base64 as polars decodes it: no stray low bits in the last character)."""
+    value = _as_read(value)
+    if encoding == QUOTED:
+        try:
+            return bool(re.match(_QUOTED_RE, value.decode("utf-8")))
+        except UnicodeDecodeError:
+            return False
+    if not _B64_BYTES.match(value):
+        return False
+    if encoding == BASE64 and value.endswith(b"="):
+        last = STD_ALPHABET.index(value.rstrip(b"=")[-1:])
+        return not last & (15 if value.endswith(b"==") else 3)
+    return True
+
+
+def classify(fields: list[bytes], fmt: DumpFormat, columns: tuple[str, ...]) -> str | None:
+    """The kind of a line's fault (its ``columns`` checked, in the reader's order: path,
+    numbers, type), or None; the line has the format's column count."""
+    values = dict(zip(fmt.names, fields, strict=True))
+    if "path" in columns and not path_ok(values["path"], fmt.encoding):
+        return BAD_PATH
+    for name in columns:
+        if name not in ("path", "type") and not integer_ok(values[name], name not in _UNSIGNED):
+            return NOT_INTEGER
+    if "type" in columns and _as_read(values["type"]).decode("latin-1") not in TYPES:
+        return BAD_TYPE
+    return None
 
 
 def decode_path(field_value: bytes | str, encoding: str) -> bytes:
@@ -353,11 +417,26 @@ def iter_text(path: str | Path, cancel: threading.Event | None = None) -> Iterat
 
 @dataclass
 class Block:
-    """Whole lines of one file (the reader numbers them as it goes)."""
+    """Whole lines of one file (the reader numbers them as it goes). ``data`` may be a
+    view of a reused buffer: whoever is done with it calls :meth:`done` (once the bytes
+    are copied or scanned), and must not read it after."""
 
-    data: bytes
+    data: bytes | memoryview
     compressed_done: int
     first_line: int = 0
+    release: Callable[[], None] | None = None
+
+    def done(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+    def as_bytes(self) -> bytes:
+        """``data`` as bytes of its own (copied once); the buffer is then released."""
+        if not isinstance(self.data, bytes):
+            self.data = bytes(self.data)
+            self.done()
+        return self.data
 
 
 def threaded(produce: Callable[[threading.Event], Iterator], cancel: threading.Event | None = None,
@@ -412,36 +491,105 @@ def threaded(produce: Callable[[threading.Event], Iterator], cancel: threading.E
         thread.join(timeout=5)
 
 
-def _cut_blocks(pieces: Iterator[tuple[bytes, int]], block_size: int) -> Iterator[Block]:
-    """Whole-line blocks of about ``block_size`` from decompressed pieces: each block is
-    built with one copy (the pieces joined up to the last newline of the last piece)."""
-    pending: list[bytes] = []
-    pending_len = 0
-    done = 0
-    for piece, done in pieces:
-        pending_len += len(piece)
-        if pending_len < block_size:
-            pending.append(piece)
+def open_text(path: str | Path) -> tuple[object, object]:
+    """``(reader, file)``: ``reader.readinto`` gives the decompressed text of ``path`` (of
+    every concatenated gzip member; plain text as is), ``file.tell()`` how far into the
+    compressed file it has read."""
+    handle, _size, gzipped = open_compressed(path)
+    if not gzipped:
+        return handle, handle
+    return GzipFile(fileobj=handle, mode="rb"), handle
+
+
+def _read_into(reader, view: memoryview, path: str | Path, handle) -> int:
+    """``reader.readinto(view)``, with gzip's errors as :class:`DumpError`."""
+    try:
+        return reader.readinto(view)
+    except EOFError:
+        raise DumpError(f"dump {path} ends in the middle of a gzip stream (truncated?)") from None
+    except (OSError, _zlib.error, GzipError) as exc:
+        raise DumpError(f"dump {path} is not valid gzip near byte {handle.tell()}: {exc}") from None
+
+
+def _take(free: queue.Queue, stop: threading.Event) -> bytearray | None:
+    while not stop.is_set():
+        try:
+            return free.get(timeout=0.1)
+        except queue.Empty:
             continue
-        cut = piece.rfind(b"\n") + 1
-        if cut == 0:  # no line ends in this piece: keep reading
-            pending.append(piece)
-            continue
-        pending.append(piece[:cut] if cut < len(piece) else piece)
-        yield Block(b"".join(pending), done)
-        rest = piece[cut:]
-        pending, pending_len = ([rest], len(rest)) if rest else ([], 0)
-    data = b"".join(pending)
-    if data:
-        yield Block(data if data.endswith(b"\n") else data + b"\n", done)
+    return None
+
+
+def _fill_blocks(path: str | Path, block_size: int, stop: threading.Event) -> Iterator[Block]:
+    """Blocks of whole lines, each read straight into one of :data:`BUFFERS` reused
+    buffers (no copy, no fresh memory per block); a block's :meth:`Block.done` hands its
+    buffer back. Only the partial last line is copied, to the next buffer's start. A line
+    longer than a buffer gets a bigger buffer of its own, up to :data:`MAX_LINE`; a
+    longer one is skipped unread and stands as one blank line (a wrong column count)."""
+    free: queue.Queue = queue.Queue()
+    for _ in range(BUFFERS):
+        free.put(bytearray(block_size + 1))  # + 1: room for a missing last newline
+    reader, handle = open_text(path)
+    with reader, handle:
+        rest = b""
+        eof = False
+        while not eof:
+            buf = pooled = _take(free, stop)
+            if buf is None:
+                return
+            if len(rest) + 1 >= len(buf):
+                buf = bytearray(2 * len(rest) + 1)
+            filled = len(rest)
+            buf[:filled] = rest
+            while True:
+                limit = len(buf) - 1
+                while filled < limit and not eof:
+                    n = _read_into(reader, memoryview(buf)[filled:limit], path, handle)
+                    eof = n == 0
+                    filled += n
+                cut = buf.rfind(b"\n", 0, filled) + 1
+                if cut or eof or filled >= MAX_LINE:
+                    break
+                buf = buf + bytes(len(buf))  # one line fills the buffer: a bigger one
+            if cut == 0 and not eof:  # a line past MAX_LINE: skipped to its end
+                rest, eof = _skip_line(reader, buf, path, handle)
+                free.put(pooled)
+                yield Block(memoryview(bytearray(b"\n")), handle.tell())
+                continue
+            if eof:
+                if filled and buf[filled - 1] != 10:
+                    buf[filled] = 10
+                    filled += 1
+                cut = filled
+            rest = bytes(buf[cut:filled])
+            if cut == 0:
+                free.put(pooled)
+                continue
+            release = (lambda b=pooled: free.put(b)) if buf is pooled else None
+            if release is None:
+                free.put(pooled)
+            yield Block(memoryview(buf)[:cut], handle.tell(), release=release)
+
+
+def _skip_line(reader, buf: bytearray, path: str | Path, handle) -> tuple[bytes, bool]:
+    """Read on past the next newline; ``(what follows it in the last read, at the end)``."""
+    view = memoryview(buf)
+    while True:
+        n = _read_into(reader, view, path, handle)
+        if n == 0:
+            return b"", True
+        at = buf.find(b"\n", 0, n)
+        if at >= 0:
+            return bytes(buf[at + 1 : n]), False
 
 
 def iter_blocks(
     path: str | Path, *, block_size: int = BLOCK_SIZE, cancel: threading.Event | None = None
 ) -> Iterator[Block]:
-    """Blocks of whole lines, decompressed by a background thread at most
-    :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it had none."""
-    return threaded(lambda stop: _cut_blocks(iter_text(path, stop), block_size), cancel, name="mpistat-inflate")
+    """Blocks of whole lines (see :func:`_fill_blocks`), decompressed by a background
+    thread at most :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it
+    had none."""
+    return threaded(lambda stop: _fill_blocks(path, block_size, stop), cancel, name="mpistat-inflate")
 
 
 def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
@@ -578,7 +726,7 @@ class BlockParser:
     def read(self, block: Block) -> tuple[bool, pl.DataFrame | None]:
         """``(True, good rows)`` for a clean block, else ``(False, columns read
         tolerantly)`` (``None`` if the block is not UTF-8) for :meth:`finish`."""
-        clean = self._read_clean(block.data)
+        clean = self._read_clean(block.as_bytes())
         if clean is not None:
             return True, clean
         try:
@@ -614,7 +762,8 @@ class BlockParser:
 
     def _line_by_line(self, block: Block, want_lines: bool) -> tuple[pl.DataFrame, list[bytes], int]:
         lines = block.data.split(b"\n")[:-1]
-        keep: list[bytes] = []
+        keep: list[bytes] = []  # the good-looking lines, as parsed
+        raw: list[bytes] = []  # and as written
         numbers: list[int] = []
         found: list[tuple[int, str]] = []
         for offset, line in enumerate(lines):
@@ -622,19 +771,22 @@ class BlockParser:
             if line.count(b"\t") != self._tabs:
                 found.append((number, WRONG_COLUMNS))
                 continue
+            parsed = line
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError:
-                kind = BAD_PATH
-                for index, value in enumerate(line.split(b"\t")):
-                    try:
-                        value.decode("utf-8")
-                    except UnicodeDecodeError:
-                        kind = BAD_PATH if index == 0 else BAD_TYPE if index == 7 else NOT_INTEGER
-                        break
-                found.append((number, kind))
-                continue
-            keep.append(line)
+                # polars cannot read it: a field the job does not check gets a stand-in;
+                # if the line is still not UTF-8, it is bad, and its kind is found here
+                fields = line.split(b"\t")
+                parsed = b"\t".join(value if name in self.columns else _PLACEHOLDER.get(name, b"0")
+                                     for name, value in zip(self.fmt.names, fields, strict=True))  # fmt: skip
+                try:
+                    parsed.decode("utf-8")
+                except UnicodeDecodeError:
+                    found.append((number, classify(fields, self.fmt, self.columns) or BAD_PATH))
+                    continue
+            keep.append(parsed)
+            raw.append(line)
             numbers.append(number)
         if not keep:
             self._record(found)
@@ -643,8 +795,8 @@ class BlockParser:
         flags = df.select(pl.any_horizontal([expr for _, expr in _problems(self.fmt, self.columns)])).to_series()
         if not flags.any():
             self._record(found)
-            return df, keep if want_lines else [], len(lines)
-        good, kept = self._drop_flagged(df, flags, keep, numbers, want_lines, found)
+            return df, raw if want_lines else [], len(lines)
+        good, kept = self._drop_flagged(df, flags, raw, numbers, want_lines, found)
         return good, kept, len(lines)
 
     def _record(self, found: list[tuple[int, str]]) -> None:
@@ -683,6 +835,32 @@ class FileProgress:
         return self.lines / elapsed if elapsed > 0 else 0.0
 
 
+def parsed_blocks(
+    path: str | Path,
+    work: Callable[[Block], object],
+    *,
+    cancel: threading.Event | None = None,
+    block_size: int = BLOCK_SIZE,
+) -> Iterator[tuple[Block, object]]:
+    """``(block, work(block))`` for every block of ``path``, in order: one thread inflates,
+    :data:`PARSE_WORKERS` threads run ``work`` (which must release the GIL to gain), and
+    the caller gets the results here, at most a few blocks behind the inflater."""
+
+    def parsed(stop: threading.Event):
+        with ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="mpistat-parse") as pool:
+            pending: deque = deque()
+            for block in iter_blocks(path, block_size=block_size, cancel=stop):
+                pending.append((block, pool.submit(work, block)))
+                if len(pending) > PARSE_WORKERS:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
+
+    return threaded(parsed, cancel, name="mpistat-parse")
+
+
 def scan(
     path: str | Path,
     bad: BadLines,
@@ -707,22 +885,8 @@ def scan(
     fmt = fmt or detect_format(head_lines(path), name)
     parser = BlockParser(name, fmt, bad, fields, keep)
     progress = FileProgress(name, compressed_size=os.path.getsize(path))
-
-    def parsed(stop: threading.Event):
-        # blocks are parsed PARSE_WORKERS at a time (polars releases the GIL), handed on in order
-        with ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="mpistat-parse") as pool:
-            pending: deque = deque()
-            for block in iter_blocks(path, block_size=block_size, cancel=stop):
-                pending.append((block, pool.submit(parser.read, block)))
-                if len(pending) > PARSE_WORKERS:
-                    done, future = pending.popleft()
-                    yield done, future.result()
-            while pending:
-                done, future = pending.popleft()
-                yield done, future.result()
-
     line = 1
-    for block, df in threaded(parsed, cancel, name="mpistat-parse"):
+    for block, df in parsed_blocks(path, parser.read, cancel=cancel, block_size=block_size):
         block.first_line = line
         good, lines, count = parser.finish(block, df, with_lines)
         line += count

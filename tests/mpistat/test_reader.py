@@ -148,7 +148,7 @@ EDGE_LINES = [
     (b"L2F=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # stray low bits in the last character
     (b"L2E\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # not a multiple of 4
     (b"\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # empty
-    (b"L2\xffE=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, True),  # not UTF-8
+    (b"L2\xffE=\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9", dump.BAD_PATH, False),  # not UTF-8 (not read: no matter)
     (b"L2E=\t1\tx\t5001\t4\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, False),  # uid
     (b"L2E=\t1\t0\t5001\t4.0\t5\t6\tf\t7\t1\t9", dump.NOT_INTEGER, False),  # atime
     (b"L2E=\t1\t0\t5001\t4\t5\t6\tf\t-7\t1\t9", dump.NOT_INTEGER, False),  # a negative inode
