@@ -10,15 +10,16 @@ whichever runs:
 
 - a line with other than ``columns`` tab-separated fields: wrong column count;
 - the path, standard base64 (polars' decoder: padded, no stray low bits in the last
-  character) or the lexical alphabet (same characters, padded): else undecodable path;
+  character), the lexical alphabet (same characters, padded), or Go-quoted (``"``, UTF-8
+  text without control characters, Go's escapes, ``"``): else undecodable path;
 - integers as polars reads them: leading spaces, one ``+`` (or ``-`` in a signed column),
   digits, in 64 bits (signed; unsigned for inode, nlink, dev): else non-integer;
 - the type, one of :data:`.dump.TYPES`: else unknown entry type;
 - the path is checked first, then the numbers, then the type, and every field may end
   with one ``\\r`` (a CRLF dump).
 
-Go-quoted paths are left to the general reader. The functions here are plain numba code
-on numpy arrays; :class:`GidTable` and :func:`scan_block` are what the report calls.
+The functions here are plain numba code on numpy arrays; :func:`scan_report` is what
+the report calls.
 """
 
 # ruff: noqa: SIM109 - `c == a or c == b` is what numba compiles to two compares
@@ -35,12 +36,13 @@ import numpy as np
 from numba import njit
 
 from . import dump
-from .dump import BASE64, BASE64_LEXICAL, KINDS, STD_ALPHABET, TYPES, BadLines, Block, DumpFormat, FileProgress
+from .dump import BASE64, BASE64_LEXICAL, KINDS, QUOTED, STD_ALPHABET, TYPES, BadLines, Block, DumpFormat, FileProgress
 
-#: The encodings this scan reads.
-ENCODINGS = (BASE64, BASE64_LEXICAL)
+#: The encodings this scan reads, and their codes in it.
+ENCODINGS = (BASE64, BASE64_LEXICAL, QUOTED)
+_STANDARD, _LEXICAL, _QUOTED = range(3)
 
-_TAB, _NL, _CR, _SPACE, _PLUS, _MINUS, _PAD = 9, 10, 13, 32, 43, 45, 61
+_TAB, _NL, _CR, _SPACE, _PLUS, _MINUS, _PAD, _QUOTE, _BACKSLASH = 9, 10, 13, 32, 43, 45, 61, 34, 92
 _KIND_COLUMNS, _KIND_PATH, _KIND_INTEGER, _KIND_TYPE = range(4)
 assert KINDS[_KIND_COLUMNS] == "wrong column count" and KINDS[_KIND_TYPE] == "unknown entry type"
 
@@ -56,6 +58,14 @@ _NINE = np.uint64(9)
 #: alphabet has the same characters, so the same table tells membership).
 B64_VALUES = np.full(256, -1, dtype=np.int8)
 B64_VALUES[np.frombuffer(STD_ALPHABET, dtype=np.uint8)] = np.arange(64, dtype=np.int8)
+#: 1 for each byte that stands for itself in a Go-quoted path (printable ASCII but ``"``
+#: and ``\``).
+PLAIN_BYTES = np.zeros(256, dtype=np.uint8)
+PLAIN_BYTES[0x20:0x7F] = 1
+PLAIN_BYTES[[_QUOTE, _BACKSLASH]] = 0
+#: Go's one-letter escapes: ``\a \b \f \n \r \t \v \\ \"``.
+SIMPLE_ESCAPES = np.zeros(256, dtype=np.uint8)
+SIMPLE_ESCAPES[list(b'abfnrtv\\"')] = 1
 #: 1 for each byte that is an entry type.
 TYPE_BYTES = np.zeros(256, dtype=np.uint8)
 TYPE_BYTES[[ord(t) for t in TYPES]] = 1
@@ -189,6 +199,107 @@ def _path(buf, pos, b64, trailing_bits):
     return pos, ok and ended
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _quoted_plain(buf, pos, plain):
+    """``(end, decided)`` of a Go-quoted path with no escape and nothing but printable
+    ASCII (then it is ok); any other is left to :func:`_quoted`."""
+    if buf[pos] != _QUOTE:
+        return pos, False
+    end = pos + 1
+    while plain[buf[end]]:
+        end += 1
+    if buf[end] == _QUOTE and (buf[end + 1] == _TAB or buf[end + 1] == _NL):
+        return end + 1, True
+    return pos, False
+
+
+@njit(nogil=True, cache=True)
+def _hex_digits(buf, pos, count, base):
+    """Whether ``count`` digits of ``base`` (8 or 16) start at ``pos`` (it stops at the
+    first that is not one: never past a newline)."""
+    for i in range(count):
+        c = np.int64(buf[pos + i])
+        if 48 <= c <= 55 or (base == 16 and (56 <= c <= 57 or 65 <= c <= 70 or 97 <= c <= 102)):
+            continue
+        return False
+    return True
+
+
+@njit(nogil=True, cache=True)
+def _utf8_length(buf, pos):
+    """The length of the well-formed UTF-8 character at ``pos`` (as Python and Rust
+    decode it: no overlong form, no surrogate, nothing past U+10FFFF), or 0."""
+    c = np.int64(buf[pos])
+    if 0xC2 <= c <= 0xDF:
+        n, low, high = 2, 0x80, 0xBF
+    elif c == 0xE0:
+        n, low, high = 3, 0xA0, 0xBF
+    elif c == 0xED:
+        n, low, high = 3, 0x80, 0x9F
+    elif 0xE1 <= c <= 0xEF:
+        n, low, high = 3, 0x80, 0xBF
+    elif c == 0xF0:
+        n, low, high = 4, 0x90, 0xBF
+    elif 0xF1 <= c <= 0xF3:
+        n, low, high = 4, 0x80, 0xBF
+    elif c == 0xF4:
+        n, low, high = 4, 0x80, 0x8F
+    else:
+        return 0
+    second = np.int64(buf[pos + 1])
+    if second < low or second > high:
+        return 0
+    for i in range(2, n):
+        following = np.int64(buf[pos + i])
+        if following < 0x80 or following > 0xBF:
+            return 0
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _quoted(buf, pos, simple):
+    r"""``(end, ok)`` of any Go-quoted path field: ``"``, then characters that are UTF-8
+    and not control characters, ``"`` or ``\``, or Go's escapes (``\n``, ``\x7f``,
+    ``\377``, ``\u00e9``, ``\U0001f600``), then ``"`` (and one ``\r``) at the field's end."""
+    ok = buf[pos] == _QUOTE
+    closed = False
+    if ok:
+        pos += 1
+    while ok:
+        c = buf[pos]
+        if c == _QUOTE:
+            closed = True
+            pos += 1
+            break
+        if c == _BACKSLASH:  # (a bad escape leaves pos at it: the field end is found from there)
+            e = buf[pos + 1]
+            if simple[e]:
+                width = 2
+            elif e == 120:  # \xHH
+                width = 4 if _hex_digits(buf, pos + 2, 2, 16) else 0
+            elif 48 <= e <= 55:  # \ooo
+                width = 4 if _hex_digits(buf, pos + 1, 3, 8) else 0
+            elif e == 117:  # \uHHHH
+                width = 6 if _hex_digits(buf, pos + 2, 4, 16) else 0
+            elif e == 85:  # \UHHHHHHHH
+                width = 10 if _hex_digits(buf, pos + 2, 8, 16) else 0
+            else:
+                width = 0
+            ok = width > 0
+            pos += width
+        elif c < 0x20 or c == 0x7F:  # (a tab or newline too: the field ends unclosed)
+            ok = False
+        elif c < 0x80:
+            pos += 1
+        else:
+            n = _utf8_length(buf, pos)
+            ok = n > 0
+            pos += n
+    if ok and closed:
+        return _ends_field(buf, pos)
+    return _field_end(buf, pos), False
+
+
 @njit(nogil=True, cache=True)
 def _entry_type(buf, pos, types):
     """``(end, ok)`` of any type field."""
@@ -218,11 +329,12 @@ def _next(buf, pos, line_ok):
 
 
 @njit(nogil=True, cache=True)
-def scan_block(buf, pos, twelve, check_all, trailing_bits, reference_time, b64, types,
+def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain, simple, types,
                keys, used_by, used, mtime, entries, state, bad_at, bad_kind, counts):  # fmt: skip
     """Scan whole lines of ``buf`` from ``pos``; return where it stopped.
 
-    ``twelve``: lines have 12 columns, else 11. ``state`` holds [lines scanned, slots in
+    ``twelve``: lines have 12 columns, else 11; ``encoding``: the path's (a code: standard
+    or lexical base64, or Go-quoted). ``state`` holds [lines scanned, slots in
     use, bad lines kept]. A good line adds to its gid's slot (``used += size // nlink``
     unless nlink is 0, ``mtime = max`` of those not after ``reference_time``, ``entries
     += 1``). A bad line adds to ``counts[kind]``, and its line index (from 0 at the first
@@ -242,10 +354,14 @@ def scan_block(buf, pos, twelve, check_all, trailing_bits, reference_time, b64, 
         numbers_ok = True
         type_ok = True
         # fmt: off
-        if check_all:
-            pos, decided, path_ok = _base64(buf, pos, b64, trailing_bits)
+        if check_all and encoding == _QUOTED:
+            pos, decided = _quoted_plain(buf, pos, plain)
             if not decided:
-                pos, path_ok = _path(buf, line_start, b64, trailing_bits)
+                pos, path_ok = _quoted(buf, line_start, simple)
+        elif check_all:
+            pos, decided, path_ok = _base64(buf, pos, b64, encoding == _STANDARD)
+            if not decided:
+                pos, path_ok = _path(buf, line_start, b64, encoding == _STANDARD)
         else:
             pos = _field_end(buf, pos)
         pos, columns = _next(buf, pos, columns)
@@ -435,10 +551,10 @@ class ReportScanner:
 
     def __init__(self, fmt: DumpFormat, reference_time: int, check_all: bool, keep_bad: int):
         if fmt.encoding not in ENCODINGS:
-            raise ValueError(f"the compiled scan does not read {fmt.encoding} paths")
+            raise ValueError(f"the compiled scan does not read {fmt.encoding} paths")  # pragma: no cover
         self.twelve = fmt.columns == 12
         self.check_all = check_all
-        self.trailing_bits = fmt.encoding == BASE64
+        self.encoding = ENCODINGS.index(fmt.encoding)
         self.reference_time = np.int64(reference_time)
         self.keep_bad = keep_bad
         self._tables: dict[int, GidTable] = {}
@@ -460,8 +576,9 @@ class ReportScanner:
         table.state[2] = 0
         pos = 0
         while pos < len(buf):
-            pos = scan_block(buf, pos, self.twelve, self.check_all, self.trailing_bits, self.reference_time,
-                             B64_VALUES, TYPE_BYTES, *table._arrays, table.state, bad_at, bad_kind, counts)  # fmt: skip
+            pos = scan_block(buf, pos, self.twelve, self.check_all, self.encoding, self.reference_time, B64_VALUES,
+                             PLAIN_BYTES, SIMPLE_ESCAPES, TYPE_BYTES, *table._arrays, table.state, bad_at, bad_kind,
+                             counts)  # fmt: skip
             if pos < len(buf):
                 table.grow()
         kept = int(table.state[2])

@@ -103,7 +103,9 @@ def test_each_edge_line_gets_its_kind_and_odd_good_lines_count(validate, monkeyp
 
 
 def _mutate(line: bytes, rng: random.Random) -> bytes:
-    hostile = [b"\t", b"", b" ", b"+", b"-", b"\r", b"=", b"\xff", b"\xc3\xa9", b"x", b"0", b"9" * 20, b".", b"/"]
+    hostile = [b"\t", b"", b" ", b"+", b"-", b"\r", b"=", b"\xff", b"\xc3\xa9", b"x", b"0", b"9" * 20, b".", b"/",
+               b'"', b"\\", b"\\x", b"\\u00", b"\\U0001f60", b"\\7", b"\x7f", b"\xed\xa0\x80",
+               b"\xf0\x9f\x98"]  # fmt: skip
     data = bytearray(line)
     for _ in range(rng.randint(1, 3)):
         at = rng.randrange(len(data) + 1)
@@ -118,12 +120,14 @@ def _mutate(line: bytes, rng: random.Random) -> bytes:
 
 
 @pytest.mark.parametrize("validate", ["all", "used"])
-@pytest.mark.parametrize("encoding,columns", [(dump.BASE64, 11), (dump.BASE64_LEXICAL, 12), (dump.BASE64, 12)])
+@pytest.mark.parametrize(
+    "encoding,columns", [(dump.BASE64, 11), (dump.BASE64_LEXICAL, 12), (dump.BASE64, 12), (dump.QUOTED, 11)]
+)
 def test_mutated_lines_are_judged_alike_by_both_readers(encoding, columns, validate, monkeypatch):
     """3,000 lines, most of them good lines with one to three hostile edits (a tab more
-    or less, a sign, a space, a \\r, padding, bytes that are not UTF-8, a 20-digit
-    number): both readers name the same lines with the same kinds, and total the rest
-    the same."""
+    or less, a sign, a space, a \\r, padding, quotes and broken escapes, bytes that are
+    not UTF-8 or a surrogate, a 20-digit number): both readers name the same lines with
+    the same kinds, and total the rest the same."""
     rng = random.Random(f"{encoding}{columns}{validate}")
     fmt = dump.DumpFormat(encoding, columns)
     lines = []
@@ -185,3 +189,29 @@ def test_a_line_longer_than_a_megabyte_is_one_bad_line_and_the_rest_is_read(tmp_
             usage = aggregate_volume(path, "v", bad, reference_time=NOW, block_size=block_size, reader=reader)
             assert [(n, k) for _, n, k in bad.first] == [(4, dump.WRONG_COLUMNS)], (reader, block_size)
             assert usage.lines == 5 and usage.gids[5001].entries == 5
+
+
+QUOTED_GOOD_PATHS = [b'"/a"', b'"/a\\tb"', b'"/\xc3\xa9"', b'"/\\x7f"', b'"/\\377"', b'"/\\u00e9"', b'"/\\U0001f600"',
+                     b'"/a\\"b"', b'"/a\\\\b"', b'"/a"\r', b'""', b'"/\xf0\x9f\x98\x80"']  # fmt: skip
+QUOTED_BAD_PATHS = [b'"/a', b'/a"', b'"/a"b', b'"/a\\z"', b'"/a\\x7"', b'"/a\\xZZ"', b'"/a\\8"', b'"/a\\u00e"',
+                    b'"/\xff"', b'"/\xed\xa0\x80"', b'"/\xc0\xaf"', b'"/\xf4\x90\x80\x80"', b'"/a\x01"', b'"/a\x7f"',
+                    b'"/a\\"', b'"/a\\', b'"/a\r"', b"", b'"/\xe2\x82"']  # fmt: skip
+
+
+@pytest.mark.parametrize("validate", ["all", "used"])
+def test_go_quoted_paths_are_judged_as_go_writes_them(validate, monkeypatch):
+    """Go's ``%q``: UTF-8 text without control characters, ``\\"`` and ``\\\\``, its
+    one-letter, ``\\x``, octal, ``\\u`` and ``\\U`` escapes, in double quotes; anything
+    else (an unknown escape, a short one, a byte that is not UTF-8, a surrogate, an
+    overlong form, past U+10FFFF, a raw control character, no closing quote) is an
+    undecodable path (under ``used``: not read, so the line counts)."""
+    fmt = dump.DumpFormat(dump.QUOTED, 11)
+    rest = b"\t1\t0\t5001\t4\t5\t6\tf\t7\t1\t9"
+    for path in QUOTED_GOOD_PATHS + QUOTED_BAD_PATHS:
+        lines = [b'"/x"' + rest, path + rest, b'"/y"' + rest]
+        want = {1: dump.BAD_PATH} if path in QUOTED_BAD_PATHS and validate == "all" else {}
+        for read in (compiled_scan, polars_scan):
+            args = (monkeypatch,) if read is polars_scan else ()
+            kinds, totals = read(lines, fmt, validate, *args)
+            assert kinds == want, (read.__name__, path)
+            assert totals[5001][2] == 3 - len(want), (read.__name__, path)
