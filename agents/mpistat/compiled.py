@@ -353,6 +353,7 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
         path_ok = True
         numbers_ok = True
         type_ok = True
+        size = gid = when = nlink = np.int64(0)
         # fmt: off
         if check_all and encoding == _QUOTED:
             pos, decided = _quoted_plain(buf, pos, plain)
@@ -364,39 +365,22 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
                 pos, path_ok = _path(buf, line_start, b64, encoding == _STANDARD)
         else:
             pos = _field_end(buf, pos)
-        pos, columns = _next(buf, pos, columns)
-        at = pos; pos, ok, size = _digits(buf, pos)  # noqa: E702
-        if not ok: pos, ok, size = _integer(buf, at, True)  # noqa: E701
-        numbers_ok &= ok
-        pos, columns = _next(buf, pos, columns)
-        if check_all:  # uid
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, True)  # noqa: E701
-            numbers_ok &= ok
-        else:
-            pos = _field_end(buf, pos)
-        pos, columns = _next(buf, pos, columns)
-        at = pos; pos, ok, gid = _digits(buf, pos)  # noqa: E702
-        if not ok: pos, ok, gid = _integer(buf, at, True)  # noqa: E701
-        numbers_ok &= ok
-        pos, columns = _next(buf, pos, columns)
-        if check_all:  # atime
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, True)  # noqa: E701
-            numbers_ok &= ok
-        else:
-            pos = _field_end(buf, pos)
-        pos, columns = _next(buf, pos, columns)
-        at = pos; pos, ok, when = _digits(buf, pos)  # noqa: E702  (mtime)
-        if not ok: pos, ok, when = _integer(buf, at, True)  # noqa: E701
-        numbers_ok &= ok
-        pos, columns = _next(buf, pos, columns)
-        if check_all:  # ctime
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, True)  # noqa: E701
-            numbers_ok &= ok
-        else:
-            pos = _field_end(buf, pos)
+        # the six signed numbers: size, uid, gid, atime, mtime, ctime (the report reads
+        # size, gid and mtime)
+        for column in range(1, 7):
+            pos, columns = _next(buf, pos, columns)
+            if check_all or column == 1 or column == 3 or column == 5:
+                at = pos; pos, ok, value = _digits(buf, pos)  # noqa: E702
+                if not ok: pos, ok, value = _integer(buf, at, True)  # noqa: E701
+                numbers_ok &= ok
+                if column == 1:
+                    size = value
+                elif column == 3:
+                    gid = value
+                elif column == 5:
+                    when = value
+            else:
+                pos = _field_end(buf, pos)
         pos, columns = _next(buf, pos, columns)
         if check_all:  # type: one letter
             if types[buf[pos]] and (buf[pos + 1] == _TAB or buf[pos + 1] == _NL):
@@ -405,29 +389,18 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
                 pos, type_ok = _entry_type(buf, pos, types)
         else:
             pos = _field_end(buf, pos)
-        pos, columns = _next(buf, pos, columns)
-        if check_all:  # inode
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, False)  # noqa: E701
-            numbers_ok &= ok
-        else:
-            pos = _field_end(buf, pos)
-        pos, columns = _next(buf, pos, columns)
-        at = pos; pos, ok, nlink = _digits(buf, pos)  # noqa: E702
-        if not ok: pos, ok, nlink = _integer(buf, at, False)  # noqa: E701
-        numbers_ok &= ok
-        pos, columns = _next(buf, pos, columns)
-        if check_all or not twelve:  # dev
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, False)  # noqa: E701
-            numbers_ok &= ok
-        else:
-            pos = _field_end(buf, pos)
-        if twelve:  # apparent size
+        # the unsigned inode, nlink, dev, and wrstat's signed apparent size (the report
+        # reads nlink; the last column is always checked: a short line leaves it empty)
+        for column in range(8, 12 if twelve else 11):
             pos, columns = _next(buf, pos, columns)
-            at = pos; pos, ok, _ = _digits(buf, pos)  # noqa: E702
-            if not ok: pos, ok, _ = _integer(buf, at, True)  # noqa: E701
-            numbers_ok &= ok
+            if check_all or column == 9 or column == (11 if twelve else 10):
+                at = pos; pos, ok, value = _digits(buf, pos)  # noqa: E702
+                if not ok: pos, ok, value = _integer(buf, at, column == 11)  # noqa: E701
+                numbers_ok &= ok
+                if column == 9:
+                    nlink = value
+            else:
+                pos = _field_end(buf, pos)
         # fmt: on
         if buf[pos] == _TAB:  # more columns than the format's
             columns = False

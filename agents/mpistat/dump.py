@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -588,7 +589,8 @@ def iter_blocks(
 ) -> Iterator[Block]:
     """Blocks of whole lines (see :func:`_fill_blocks`), decompressed by a background
     thread at most :data:`QUEUE_DEPTH` blocks ahead. The last line gets a newline if it
-    had none."""
+    had none. Call each block's :meth:`Block.done` when done with its data: the reader
+    waits for a free buffer once :data:`BUFFERS` blocks are held."""
     return threaded(lambda stop: _fill_blocks(path, block_size, stop), cancel, name="mpistat-inflate")
 
 
@@ -843,8 +845,10 @@ def parsed_blocks(
     block_size: int = BLOCK_SIZE,
 ) -> Iterator[tuple[Block, object]]:
     """``(block, work(block))`` for every block of ``path``, in order: one thread inflates,
-    :data:`PARSE_WORKERS` threads run ``work`` (which must release the GIL to gain), and
-    the caller gets the results here, at most a few blocks behind the inflater."""
+    :data:`PARSE_WORKERS` threads run ``work`` (which must release the GIL to gain, and
+    should call ``block.done()`` once it has read the data), and the caller gets the
+    results here, at most a few blocks behind the inflater; each block is released
+    here at the latest."""
 
     def parsed(stop: threading.Event):
         with ThreadPoolExecutor(PARSE_WORKERS, thread_name_prefix="mpistat-parse") as pool:
@@ -858,7 +862,10 @@ def parsed_blocks(
                 done, future = pending.popleft()
                 yield done, future.result()
 
-    return threaded(parsed, cancel, name="mpistat-parse")
+    with closing(threaded(parsed, cancel, name="mpistat-parse")) as results:
+        for block, result in results:
+            yield block, result
+            block.done()
 
 
 def scan(
