@@ -84,8 +84,8 @@ def _field_end(buf, pos):
 
 @njit(nogil=True, cache=True)
 def _ends_field(buf, pos):
-    """``(end, ok)``: ``pos`` is at the field's tab or newline, or at one ``\r`` before
-    it (then ``end`` is past the ``\r``); else the field has more in it (not ok)."""
+    """``(end, ok)``: ``pos`` is at the field's tab or newline, or at one ``\\r`` before
+    it (then ``end`` is past the ``\\r``); else the field has more in it (not ok)."""
     c = buf[pos]
     if c == _TAB or c == _NL:
         return pos, True
@@ -136,7 +136,7 @@ def _digits(buf, pos):
 @njit(nogil=True, cache=True)
 def _integer(buf, pos, signed):
     """``(end, ok, value)`` of any integer field (an unsigned value past 2**63 - 1 comes
-    back wrapped, as its bits): spaces, a sign, a ``\r``, 19 digits or more, no digit."""
+    back wrapped, as its bits): spaces, a sign, a ``\\r``, 19 digits or more, no digit."""
     while buf[pos] == _SPACE:
         pos += 1
     negative = False
@@ -169,7 +169,7 @@ def _integer(buf, pos, signed):
 @njit(nogil=True, cache=True, inline="always")
 def _base64(buf, pos, b64, trailing_bits):
     """``(end, decided, ok)`` of a path field: decided unless it has a byte outside the
-    alphabet and its padding (a ``\r``, say)."""
+    alphabet and its padding (a ``\\r``, say)."""
     start = pos
     last = np.int8(0)
     while True:

@@ -15,14 +15,16 @@ A dump is one line per filesystem entry, tab-separated, no header (see the docs 
 
 The path encoding and the column count are detected per file from its first lines. The
 file (gzip, possibly several concatenated members, or plain text) is decompressed in a
-background thread (python-isal when installed, else zlib; both release the GIL) into
-blocks of whole lines, and each block is parsed and checked by polars in one of
-:data:`PARSE_WORKERS` threads (see :class:`BlockParser`). A malformed line (wrong column
-count, undecodable path, non-integer numeric field, unknown type) is counted by kind, its
-line number kept (the first :data:`KEEP_BAD_LINES`), and skipped.
+background thread (python-isal when installed, else zlib) straight into a few reused
+buffers of whole lines (:func:`iter_blocks`), and each block is parsed and checked by
+polars in one of :data:`PARSE_WORKERS` threads (see :class:`BlockParser`); the group
+report checks blocks with its compiled scan instead (:mod:`.compiled`), by the same rules.
+A malformed line (wrong column count, undecodable path, non-integer numeric field,
+unknown type) is counted by kind, its line number kept (the first
+:data:`KEEP_BAD_LINES`), and skipped.
 
-Memory is bounded by the block size times the blocks in flight (the queue depths and
-the parse workers), whatever the file's size.
+Memory is bounded by the block size times the blocks in flight (:data:`BUFFERS`), and a
+line longer than :data:`MAX_LINE` is skipped unread, whatever the file.
 """
 
 from __future__ import annotations
@@ -42,17 +44,15 @@ from pathlib import Path
 
 import polars as pl
 
-try:  # python-isal: the same API as zlib and gzip, 2-3x faster inflate
-    from isal import isal_zlib as _zlib
+try:  # python-isal: the same API as gzip, 2-3x faster inflate
     from isal.igzip import IGzipFile as GzipFile
     from isal.igzip_lib import IsalError as GzipError
 
     INFLATE = "isal"
 except ImportError:  # pragma: no cover - isal is optional
-    import zlib as _zlib
     from gzip import GzipFile
+    from zlib import error as GzipError
 
-    GzipError = _zlib.error
     INFLATE = "zlib"
 
 #: Bytes of decompressed text per parsed block (whole lines).
@@ -61,7 +61,7 @@ BLOCK_SIZE = 4 << 20
 QUEUE_DEPTH = 2
 #: Blocks parsed at once (each by its own thread).
 PARSE_WORKERS = 2
-#: Compressed bytes read per call (format detection).
+#: Bytes read per call by format detection.
 READ_SIZE = 256 << 10
 #: Block buffers reused by the reader: enough for every block in flight (the queues and
 #: the parse workers) and one being filled; fewer only makes the reader wait.
@@ -176,7 +176,7 @@ _PLACEHOLDER = {"path": b"AAAA", "type": b"f"}
 
 
 def _as_read(value: bytes) -> bytes:
-    """A field as polars reads it: one ``\r`` at its end dropped (a CRLF dump)."""
+    """A field as polars reads it: one ``\\r`` at its end dropped (a CRLF dump)."""
     return value[:-1] if value.endswith(b"\r") else value
 
 
@@ -376,46 +376,6 @@ def open_compressed(path: str | Path) -> tuple[object, int, bool]:
     return handle, size, gzipped
 
 
-def iter_text(path: str | Path, cancel: threading.Event | None = None) -> Iterator[tuple[bytes, int]]:
-    """The decompressed text of ``path`` in pieces, with the compressed bytes read so far.
-
-    Concatenated gzip members are read one after the other. A truncated or corrupt gzip
-    stream raises :class:`DumpError` naming the file and the offset.
-    """
-    handle, _size, gzipped = open_compressed(path)
-    with handle:
-        inflater = _zlib.decompressobj(wbits=47) if gzipped else None
-        done = 0
-        in_member = False
-        while True:
-            if cancel is not None and cancel.is_set():
-                return
-            chunk = handle.read(READ_SIZE)
-            done += len(chunk)
-            if not chunk:
-                if in_member:
-                    raise DumpError(f"dump {path} ends in the middle of a gzip stream (truncated?)")
-                return
-            if inflater is None:
-                yield chunk, done
-                continue
-            data = chunk
-            while data:
-                in_member = True
-                try:
-                    out = inflater.decompress(data, BLOCK_SIZE)
-                except _zlib.error as exc:
-                    raise DumpError(f"dump {path} is not valid gzip near byte {done}: {exc}") from None
-                if out:
-                    yield out, done
-                if inflater.eof:
-                    data = inflater.unused_data
-                    inflater = _zlib.decompressobj(wbits=47)
-                    in_member = False
-                    continue
-                data = inflater.unconsumed_tail
-
-
 @dataclass
 class Block:
     """Whole lines of one file (the reader numbers them as it goes). ``data`` may be a
@@ -508,7 +468,7 @@ def _read_into(reader, view: memoryview, path: str | Path, handle) -> int:
         return reader.readinto(view)
     except EOFError:
         raise DumpError(f"dump {path} ends in the middle of a gzip stream (truncated?)") from None
-    except (OSError, _zlib.error, GzipError) as exc:
+    except (OSError, GzipError) as exc:  # BadGzipFile is an OSError
         raise DumpError(f"dump {path} is not valid gzip near byte {handle.tell()}: {exc}") from None
 
 
@@ -595,14 +555,17 @@ def iter_blocks(
 
 
 def head_lines(path: str | Path, n: int = 200) -> list[bytes]:
-    """The first ``n`` lines of a dump (for format detection)."""
-    lines: list[bytes] = []
-    buf = b""
-    for piece, _ in iter_text(path):
-        buf += piece
-        if buf.count(b"\n") >= n or len(buf) > (4 << 20):
-            break
-    lines = buf.split(b"\n")[:n]
+    """The first ``n`` lines of a dump (for format detection; at most 4 MiB read)."""
+    buf = bytearray(4 << 20)
+    filled = 0
+    reader, handle = open_text(path)
+    with reader, handle:
+        while filled < len(buf) and buf.count(b"\n", 0, filled) < n:
+            got = _read_into(reader, memoryview(buf)[filled : filled + READ_SIZE], path, handle)
+            if not got:
+                break
+            filled += got
+    lines = bytes(buf[:filled]).split(b"\n")[:n]
     return [line for line in lines if line]
 
 

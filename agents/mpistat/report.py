@@ -33,6 +33,8 @@ NULL = "-"
 SECONDS_PER_DAY = 86400
 #: The fields the report reads (what ``validate="used"`` checks).
 REPORT_FIELDS = ("size", "gid", "mtime", "nlink")
+#: How :func:`aggregate_volume` reads a dump.
+READERS = ("compiled", "polars")
 
 
 @dataclass
@@ -79,18 +81,20 @@ def aggregate_volume(
     on_block: Callable[[FileProgress], None] | None = None,
     block_size: int = BLOCK_SIZE,
     validate: str = "all",
-    reader: str = "auto",
+    reader: str = "compiled",
 ) -> VolumeUsage:
     """Totals per gid of one dump (see the module docstring). ``validate="used"`` checks
     only the fields the report reads (size, gid, mtime, nlink) and the column count.
 
-    A base64 dump is read by the compiled one-pass scan (:mod:`.compiled`), a Go-quoted
-    one (or any, with ``reader="polars"``) by the general reader: the two find the same
-    good lines and bad lines."""
+    ``reader``: ``"compiled"``, the one-pass scan of :mod:`.compiled`, or ``"polars"``,
+    the general reader the other jobs use (slower; the two find the same good and bad
+    lines, which the tests hold them to)."""
+    if reader not in READERS:
+        raise ValueError(f"reader must be one of {', '.join(READERS)}, not {reader!r}")
     ref = int(os.stat(path).st_mtime) if reference_time is None else int(reference_time)
     usage = VolumeUsage(volume, str(path), ref)
     fmt = detect_format(head_lines(path), str(path))
-    if fmt.encoding in compiled.ENCODINGS and reader == "auto":
+    if reader == "compiled" and fmt.encoding in compiled.ENCODINGS:
         totals, usage.lines = compiled.scan_report(path, fmt, bad, ref, check_all=validate != "used", cancel=cancel,
                                                    on_block=on_block, block_size=block_size)  # fmt: skip
         usage.gids = {gid: GidUsage(*values) for gid, values in totals.items()}

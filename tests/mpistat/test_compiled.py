@@ -166,7 +166,7 @@ def test_the_compiled_report_equals_the_general_one_on_a_real_tree(tree, tmp_pat
     _, entries = tree
     path = write_dump(entries, "mpistat", tmp_path / "bad.dat.gz", bad_lines=KNOWN_BAD, mtime=NOW)
     results = []
-    for reader in ("auto", "polars"):
+    for reader in ("compiled", "polars"):
         bad = dump.BadLines()
         usage = aggregate_volume(path, "v", bad, reference_time=NOW, block_size=block_size, reader=reader)
         got = {g: {"used": u.used, "mtime": u.mtime, "entries": u.entries} for g, u in usage.gids.items()}
@@ -183,7 +183,7 @@ def test_a_line_longer_than_a_megabyte_is_one_bad_line_and_the_rest_is_read(tmp_
     good = GOOD_LINE + b"\n"
     path = tmp_path / "long.dat.gz"
     path.write_bytes(gzip.compress(good * 3 + b"A" * (3 << 20) + b"\n" + good * 2))
-    for reader in ("auto", "polars"):
+    for reader in ("compiled", "polars"):
         for block_size in (4096, dump.BLOCK_SIZE):
             bad = dump.BadLines()
             usage = aggregate_volume(path, "v", bad, reference_time=NOW, block_size=block_size, reader=reader)
