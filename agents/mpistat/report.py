@@ -21,7 +21,6 @@ from pathlib import Path
 
 import polars as pl
 
-from . import compiled
 from .dump import BLOCK_SIZE, BadLines, FileProgress, detect_format, head_lines, scan
 
 #: Groups using less than this are checked for an archive marker (lurge: 100 MiB).
@@ -94,7 +93,11 @@ def aggregate_volume(
     ref = int(os.stat(path).st_mtime) if reference_time is None else int(reference_time)
     usage = VolumeUsage(volume, str(path), ref)
     fmt = detect_format(head_lines(path), str(path))
-    if reader == "compiled" and fmt.encoding in compiled.ENCODINGS:
+    if reader == "compiled":
+        # imported here, not at the top: numba and its compiler (~100 MiB) load only when
+        # a report runs, not with the CLI or the other jobs
+        from . import compiled
+
         totals, usage.lines = compiled.scan_report(path, fmt, bad, ref, check_all=validate != "used", cancel=cancel,
                                                    on_block=on_block, block_size=block_size)  # fmt: skip
         usage.gids = {gid: GidUsage(*values) for gid, values in totals.items()}
