@@ -27,16 +27,51 @@ the report calls.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 from . import dump
 from .dump import BASE64, BASE64_LEXICAL, KINDS, QUOTED, STD_ALPHABET, TYPES, BadLines, Block, DumpFormat, FileProgress
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            return True
+    except OSError:
+        return False
+
+
+def choose_cache_dir(module_dir: Path, environ: dict) -> str | None:
+    """Where numba can cache the compiled scan: the first writable of ``NUMBA_CACHE_DIR``,
+    the module's ``__pycache__`` and the user's cache; else a directory of this user's
+    in the temp dir, set as ``NUMBA_CACHE_DIR``; None if nothing is writable (the scan
+    then compiles in each process). numba itself refuses to import a cached function
+    when it finds no writable place (a read-only install run by a user without a home)."""
+    given = environ.get("NUMBA_CACHE_DIR")
+    user_cache = Path(environ.get("XDG_CACHE_HOME") or Path(environ.get("HOME") or "/nonexistent") / ".cache")
+    for candidate in ([Path(given)] if given else []) + [module_dir / "__pycache__", user_cache / "numba"]:
+        if _writable(candidate):
+            return str(candidate)
+    fallback = Path(tempfile.gettempdir()) / f"hpcsync-numba-{os.getuid()}"
+    if _writable(fallback):
+        environ["NUMBA_CACHE_DIR"] = str(fallback)
+        return str(fallback)
+    return None
+
+
+#: Where the compiled scan is cached (None: not cached). Chosen before numba is imported,
+#: as numba reads NUMBA_CACHE_DIR when it is.
+CACHE_DIR = choose_cache_dir(Path(__file__).parent, os.environ)
+_CACHE = CACHE_DIR is not None
+
+from numba import njit  # noqa: E402 - after CACHE_DIR
 
 #: The encodings this scan reads, and their codes in it.
 ENCODINGS = (BASE64, BASE64_LEXICAL, QUOTED)
@@ -72,7 +107,7 @@ TYPE_BYTES[[ord(t) for t in TYPES]] = 1
 assert all(len(t) == 1 for t in TYPES)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _field_end(buf, pos):
     """The position of the tab or newline that ends the field at ``pos``."""
     while True:
@@ -82,7 +117,7 @@ def _field_end(buf, pos):
         pos += 1
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _ends_field(buf, pos):
     """``(end, ok)``: ``pos`` is at the field's tab or newline, or at one ``\\r`` before
     it (then ``end`` is past the ``\\r``); else the field has more in it (not ok)."""
@@ -94,7 +129,7 @@ def _ends_field(buf, pos):
     return _field_end(buf, pos), False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _fits_u64(buf, start, stop):
     """Whether the digits ``buf[start:stop]`` are at most 2**64 - 1 (the rare long case)."""
     while start < stop and buf[start] == 48:
@@ -118,7 +153,7 @@ def _fits_u64(buf, start, stop):
 # numba from compiling the scan tight: the slow calls are in the scan itself.)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=_CACHE, inline="always")
 def _digits(buf, pos):
     """``(end, decided, value)``: a field of 1 to 18 plain digits is decided (ok)."""
     start = pos
@@ -133,7 +168,7 @@ def _digits(buf, pos):
     return pos, (c == _TAB or c == _NL) and pos > start and pos - start < 19, np.int64(value)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _integer(buf, pos, signed):
     """``(end, ok, value)`` of any integer field (an unsigned value past 2**63 - 1 comes
     back wrapped, as its bits): spaces, a sign, a ``\\r``, 19 digits or more, no digit."""
@@ -166,7 +201,7 @@ def _integer(buf, pos, signed):
     return pos, ok, out
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=_CACHE, inline="always")
 def _base64(buf, pos, b64, trailing_bits):
     """``(end, decided, ok)`` of a path field: decided unless it has a byte outside the
     alphabet and its padding (a ``\\r``, say)."""
@@ -189,7 +224,7 @@ def _base64(buf, pos, b64, trailing_bits):
     return pos, c == _TAB or c == _NL, ok
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _path(buf, pos, b64, trailing_bits):
     """``(end, ok)`` of any path field."""
     pos, decided, ok = _base64(buf, pos, b64, trailing_bits)
@@ -199,7 +234,7 @@ def _path(buf, pos, b64, trailing_bits):
     return pos, ok and ended
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=_CACHE, inline="always")
 def _quoted_plain(buf, pos, plain):
     """``(end, decided)`` of a Go-quoted path with no escape and nothing but printable
     ASCII (then it is ok); any other is left to :func:`_quoted`."""
@@ -213,7 +248,7 @@ def _quoted_plain(buf, pos, plain):
     return pos, False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _hex_digits(buf, pos, count, base):
     """Whether ``count`` digits of ``base`` (8 or 16) start at ``pos`` (it stops at the
     first that is not one: never past a newline)."""
@@ -225,7 +260,7 @@ def _hex_digits(buf, pos, count, base):
     return True
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _utf8_length(buf, pos):
     """The length of the well-formed UTF-8 character at ``pos`` (as Python and Rust
     decode it: no overlong form, no surrogate, nothing past U+10FFFF), or 0."""
@@ -256,7 +291,7 @@ def _utf8_length(buf, pos):
     return n
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _quoted(buf, pos, simple):
     r"""``(end, ok)`` of any Go-quoted path field: ``"``, then characters that are UTF-8
     and not control characters, ``"`` or ``\``, or Go's escapes (``\n``, ``\x7f``,
@@ -300,7 +335,7 @@ def _quoted(buf, pos, simple):
     return _field_end(buf, pos), False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _entry_type(buf, pos, types):
     """``(end, ok)`` of any type field."""
     if types[buf[pos]]:
@@ -308,7 +343,7 @@ def _entry_type(buf, pos, types):
     return _field_end(buf, pos), False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _slot(keys, used_by, gid):
     """The slot of ``gid`` in an open-addressing table, or the free slot it would take."""
     mask = keys.shape[0] - 1
@@ -319,7 +354,7 @@ def _slot(keys, used_by, gid):
     return i
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _next(buf, pos, line_ok):
     """After a field ending at ``pos``: ``(start of the next field, the line still has
     its columns)``; at a newline the line has too few."""
@@ -328,7 +363,7 @@ def _next(buf, pos, line_ok):
     return pos, False
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain, simple, types,
                keys, used_by, used, mtime, entries, state, bad_at, bad_kind, counts):  # fmt: skip
     """Scan whole lines of ``buf`` from ``pos``; return where it stopped.
@@ -450,7 +485,7 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
     return pos
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=_CACHE)
 def _merge_into(keys, used_by, used, mtime, entries, state, o_keys, o_used_by, o_used, o_mtime, o_entries):
     """Add the slots of the second table into the first (which has room for them all)."""
     for j in range(o_keys.shape[0]):

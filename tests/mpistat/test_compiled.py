@@ -6,7 +6,12 @@ lines with the same kinds, the same totals, on every base64 format and both
 from __future__ import annotations
 
 import gzip
+import os
 import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +220,45 @@ def test_go_quoted_paths_are_judged_as_go_writes_them(validate, monkeypatch):
             kinds, totals = read(lines, fmt, validate, *args)
             assert kinds == want, (read.__name__, path)
             assert totals[5001][2] == 3 - len(want), (read.__name__, path)
+
+
+@pytest.fixture
+def read_only_install(tmp_path):
+    """hpcsync's sources on a read-only filesystem (a tmpfs remounted read-only): an
+    image's install, run by a user who can write neither it nor a home."""
+    root = Path(__file__).resolve().parents[2]
+    mountpoint = tmp_path / "ro"
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mountpoint)],
+                             capture_output=True, text=True)  # fmt: skip
+    assert mounted.returncode == 0, f"cannot mount a tmpfs: {mounted.stderr}"
+    try:
+        for part in ("agents", "db"):
+            shutil.copytree(root / part, mountpoint / "hpcsync" / part, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["mount", "-o", "remount,ro", str(mountpoint)], check=True)
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=False)
+
+
+def test_the_scan_runs_from_a_read_only_install_with_no_writable_home(read_only_install, tmp_path, monkeypatch):
+    """numba refuses to import a cached function with nowhere to write its cache: the
+    scan then caches in the temp dir, or, with nothing writable at all, compiles uncached."""
+    probe = (
+        "from hpcsync.agents.mpistat import compiled as c; "
+        f"assert c.__file__.startswith({str(read_only_install)!r}), c.__file__; "
+        "c.warm_up(); print(c.CACHE_DIR)"
+    )
+    writable_tmp = tmp_path / "tmp"
+    writable_tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NUMBA_", "XDG_"))}
+    env.update(HOME=str(read_only_install), TMPDIR=str(writable_tmp), PYTHONPATH=str(read_only_install))
+    run = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-1500:]
+    cached = writable_tmp / f"hpcsync-numba-{os.getuid()}"
+    assert run.stdout.strip() == str(cached)
+    assert any(name.endswith(".nbi") for _, _, names in os.walk(cached) for name in names), "nothing cached"
+    # nothing writable (Python's own temp dir choice falls back to /tmp, so it is faked)
+    monkeypatch.setattr(compiled.tempfile, "gettempdir", lambda: str(read_only_install))
+    environ = {"HOME": str(read_only_install), "NUMBA_CACHE_DIR": str(read_only_install / "numba")}
+    assert compiled.choose_cache_dir(read_only_install / "hpcsync" / "agents" / "mpistat", environ) is None
