@@ -419,8 +419,9 @@ def threaded(produce: Callable[[threading.Event], Iterator], cancel: threading.E
         return False
 
     def work() -> None:
-        items = produce(stop)
+        items = None
         try:
+            items = produce(stop)  # (in the try: its own error must reach the consumer too)
             for item in items:
                 if not put(item):
                     return

@@ -190,3 +190,25 @@ def test_the_one_query_path_takes_only_blocks_without_a_bad_line(validate):
             assert good.height == 3
         else:
             assert bad.total == 0 and good.height == 4, line
+
+
+def test_a_producer_that_fails_to_start_raises_in_the_consumer_not_hangs():
+    """The background reader's own error reaches the caller, even when it fails before
+    producing anything (an iterator that cannot be made)."""
+    import threading
+
+    def produce(stop):
+        raise OSError("cannot start")
+
+    outcome = []
+
+    def consume():
+        try:
+            list(dump.threaded(produce))
+        except OSError as exc:
+            outcome.append(str(exc))
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(timeout=20)
+    assert outcome == ["cannot start"]
