@@ -365,15 +365,16 @@ def _next(buf, pos, line_ok):
 
 @njit(nogil=True, cache=_CACHE)
 def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain, simple, types,
-               keys, used_by, used, mtime, entries, state, bad_at, bad_kind, counts):  # fmt: skip
+               keys, used_by, used, mtime, entries, filled, progress, bad_at, bad_kind, counts):  # fmt: skip
     """Scan whole lines of ``buf`` from ``pos``; return where it stopped.
 
     ``twelve``: lines have 12 columns, else 11; ``encoding``: the path's (a code: standard
-    or lexical base64, or Go-quoted). ``state`` holds [lines scanned, slots in
-    use, bad lines kept]. A good line adds to its gid's slot (``used += size // nlink``
-    unless nlink is 0, ``mtime = max`` of those not after ``reference_time``, ``entries
-    += 1``). A bad line adds to ``counts[kind]``, and its line index (from 0 at the first
-    call) and kind go to ``bad_at``/``bad_kind`` while they have room. The scan stops
+    or lexical base64, or Go-quoted). ``filled[0]``: the table's slots in use;
+    ``progress``: [lines scanned, bad lines kept] since the first call. A good line adds
+    to its gid's slot (``used += size // nlink`` unless nlink is 0, ``mtime = max`` of
+    those not after ``reference_time``, ``entries += 1``). A bad line adds to
+    ``counts[kind]``, and its line index (from 0 at the first call) and kind go to
+    ``bad_at``/``bad_kind`` while they have room. The scan stops
     early, at the start of a line, when a new gid would fill the table past half: the
     caller grows it and calls again from there.
     """
@@ -454,23 +455,23 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
             kind = _KIND_TYPE
         if kind >= 0:
             counts[kind] += 1
-            if state[2] < bad_at.shape[0]:
-                bad_at[state[2]] = state[0]
-                bad_kind[state[2]] = kind
-                state[2] += 1
-            state[0] += 1
+            if progress[1] < bad_at.shape[0]:
+                bad_at[progress[1]] = progress[0]
+                bad_kind[progress[1]] = kind
+                progress[1] += 1
+            progress[0] += 1
             continue
         if last_slot >= 0 and gid == last_gid:
             slot = last_slot
         else:
             slot = _slot(keys, used_by, gid)
             if not used_by[slot]:
-                if 2 * (state[1] + 1) > keys.shape[0]:
+                if 2 * (filled[0] + 1) > keys.shape[0]:
                     return line_start  # grow first
                 used_by[slot] = True
                 keys[slot] = gid
                 mtime[slot] = _NO_MTIME
-                state[1] += 1
+                filled[0] += 1
             last_gid = gid
             last_slot = slot
         entries[slot] += 1
@@ -481,12 +482,12 @@ def scan_block(buf, pos, twelve, check_all, encoding, reference_time, b64, plain
                 used[slot] -= 1
         if when <= reference_time and when > mtime[slot]:
             mtime[slot] = when
-        state[0] += 1
+        progress[0] += 1
     return pos
 
 
 @njit(nogil=True, cache=_CACHE)
-def _merge_into(keys, used_by, used, mtime, entries, state, o_keys, o_used_by, o_used, o_mtime, o_entries):
+def _merge_into(keys, used_by, used, mtime, entries, filled, o_keys, o_used_by, o_used, o_mtime, o_entries):
     """Add the slots of the second table into the first (which has room for them all)."""
     for j in range(o_keys.shape[0]):
         if not o_used_by[j]:
@@ -496,7 +497,7 @@ def _merge_into(keys, used_by, used, mtime, entries, state, o_keys, o_used_by, o
             used_by[i] = True
             keys[i] = o_keys[j]
             mtime[i] = _NO_MTIME
-            state[1] += 1
+            filled[0] += 1
         used[i] += o_used[j]
         entries[i] += o_entries[j]
         if o_mtime[j] > mtime[i]:
@@ -512,7 +513,7 @@ class GidTable:
         self.used = np.zeros(capacity, dtype=np.int64)
         self.mtime = np.zeros(capacity, dtype=np.int64)
         self.entries = np.zeros(capacity, dtype=np.int64)
-        self.state = np.zeros(3, dtype=np.int64)  # lines, slots in use, bad lines kept
+        self.filled = np.zeros(1, dtype=np.int64)  # slots in use (an array: the scan adds to it)
 
     @property
     def _arrays(self) -> tuple:
@@ -521,18 +522,17 @@ class GidTable:
     def grow(self, needed: int = 0) -> None:
         """Double the table (at least to hold ``needed`` more gids), keeping its totals."""
         capacity = self.keys.shape[0] * 2
-        while 2 * (int(self.state[1]) + needed) > capacity:
+        while 2 * (int(self.filled[0]) + needed) > capacity:
             capacity *= 2
         old = self._arrays
         bigger = GidTable(capacity)
-        _merge_into(*bigger._arrays, bigger.state, *old)
-        self.keys, self.used_by, self.used, self.mtime, self.entries = bigger._arrays
-        # the slots are the same gids: only the arrays change
+        _merge_into(*bigger._arrays, bigger.filled, *old)
+        self.keys, self.used_by, self.used, self.mtime, self.entries = bigger._arrays  # the same gids
 
     def merge(self, other: GidTable) -> None:
-        if 2 * (int(self.state[1]) + int(other.state[1])) > self.keys.shape[0]:
-            self.grow(int(other.state[1]))
-        _merge_into(*self._arrays, self.state, *other._arrays)
+        if 2 * (int(self.filled[0]) + int(other.filled[0])) > self.keys.shape[0]:
+            self.grow(int(other.filled[0]))
+        _merge_into(*self._arrays, self.filled, *other._arrays)
 
     def totals(self) -> dict[int, tuple[int, int | None, int]]:
         """``{gid: (used, newest mtime or None, entries)}``."""
@@ -580,18 +580,16 @@ class ReportScanner:
         counts = np.zeros(len(KINDS), dtype=np.int64)
         bad_at = np.zeros(self.keep_bad, dtype=np.int64)
         bad_kind = np.zeros(self.keep_bad, dtype=np.int8)
-        table.state[0] = 0
-        table.state[2] = 0
+        progress = np.zeros(2, dtype=np.int64)  # lines, bad lines kept
         pos = 0
         while pos < len(buf):
             pos = scan_block(buf, pos, self.twelve, self.check_all, self.encoding, self.reference_time, B64_VALUES,
-                             PLAIN_BYTES, SIMPLE_ESCAPES, TYPE_BYTES, *table._arrays, table.state, bad_at, bad_kind,
-                             counts)  # fmt: skip
+                             PLAIN_BYTES, SIMPLE_ESCAPES, TYPE_BYTES, *table._arrays, table.filled, progress, bad_at,
+                             bad_kind, counts)  # fmt: skip
             if pos < len(buf):
                 table.grow()
-        kept = int(table.state[2])
-        first = [(int(bad_at[i]), KINDS[bad_kind[i]]) for i in range(kept)]
-        return BlockScan(int(table.state[0]), counts, first)
+        first = [(int(bad_at[i]), KINDS[bad_kind[i]]) for i in range(int(progress[1]))]
+        return BlockScan(int(progress[0]), counts, first)
 
     def totals(self) -> dict[int, tuple[int, int | None, int]]:
         merged = GidTable()
@@ -626,12 +624,8 @@ def scan_report(
     line = 1
     good = 0
     for block, found in dump.parsed_blocks(path, work, cancel=cancel, block_size=block_size):
-        for index, kind in found.first_bad:
-            if len(bad.first) >= dump.KEEP_BAD_LINES:
-                break
-            bad.first.append((name, line + index, kind))
-        for kind, n in zip(KINDS, found.counts.tolist(), strict=True):
-            bad.counts[kind] += n
+        counts = dict(zip(KINDS, found.counts.tolist(), strict=True))
+        bad.merge(BadLines(counts, [(name, line + index, kind) for index, kind in found.first_bad]))
         good += found.lines - int(found.counts.sum())
         line += found.lines
         progress.lines = line - 1

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -519,17 +520,17 @@ def _fill_blocks(path: str | Path, block_size: int, stop: threading.Event) -> It
                 yield Block(memoryview(bytearray(b"\n")), handle.tell())
                 continue
             if eof:
-                if filled and buf[filled - 1] != 10:
+                if filled == 0:
+                    free.put(pooled)
+                    return
+                if buf[filled - 1] != 10:
                     buf[filled] = 10
                     filled += 1
                 cut = filled
             rest = bytes(buf[cut:filled])
-            if cut == 0:
+            if buf is not pooled:  # a bigger buffer of its own: the pooled one is free again
                 free.put(pooled)
-                continue
-            release = (lambda b=pooled: free.put(b)) if buf is pooled else None
-            if release is None:
-                free.put(pooled)
+            release = partial(free.put, pooled) if buf is pooled else None
             yield Block(memoryview(buf)[:cut], handle.tell(), release=release)
 
 
@@ -671,9 +672,8 @@ class BlockParser:
         # are left to flag
         self._clean_schema = {**fmt.schema, "type": pl.Enum(TYPES), "_extra": pl.String}
         flags = [pl.col(c).is_null() for c in self.columns] + [pl.col("_extra").is_not_null()]
-        if "path" in self.columns:  # (an empty field is null, flagged above)
-            flags.append(pl.col("path").str.decode("base64", strict=False).is_null() if fmt.encoding == BASE64
-                         else ~_path_ok(fmt))  # fmt: skip
+        if "path" in self.columns:
+            flags.append(~_path_ok(fmt))
         self._clean_select = [pl.col(c).cast(pl.String) if c == "type" else pl.col(c) for c in self.keep]
         self._clean_select.append(pl.any_horizontal(flags).fill_null(True).alias("_bad"))
 
